@@ -1,0 +1,1 @@
+"""The Gradio app (sample, reconstruct, complete). Not built yet: it comes after stage 2."""

@@ -1,0 +1,83 @@
+"""File and image I/O shared by both stages: atomic writes, JSON, image grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8, rounding to nearest."""
+    arr = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
+    """Save (B, 3, H, W) images in [0, 1] as one PNG grid (atomically) and return the path."""
+    import io as _io
+
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+    buf = _io.BytesIO()
+    Image.fromarray(to_uint8(grid[None])[0]).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def side_by_side(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Interleave rows of originals and reconstructions: row 2i = originals, row 2i+1 = reconstructions."""
+    n = originals.shape[0]
+    per_row = 8 if n >= 8 else n
+    rows = []
+    for start in range(0, n, per_row):
+        rows.append(originals[start : start + per_row])
+        rows.append(reconstructions[start : start + per_row])
+    return torch.cat(rows, dim=0)
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Load an image file as a float (3, H, W) tensor in [0, 1] (RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read '{path}' as an image ({err}); expected a PNG/JPEG/... file") from err
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)

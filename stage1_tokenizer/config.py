@@ -1,0 +1,128 @@
+"""The stage-1 configuration schema: model, data and training settings.
+
+Defaults are the paper's (Appendix D, CIFAR-10 column); ``configs/stage1/*.yaml``
+set the per-dataset values. Every field here is a valid ``key=value`` override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from edvae_common.config import check
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+EVAL_CODES = ("argmax", "sample")
+
+
+@dataclass
+class ModelConfig:
+    quantizer: str = "edvae"          # registry name, see stage1_tokenizer/quantizers
+    image_channels: int = 3
+    channels: int = 128               # n in Appendix D.2
+    channel_mults: List[int] = field(default_factory=lambda: [1, 2, 4])  # one group per entry
+    blocks_per_group: int = 2
+    first_kernel: int = 3             # kw: 3 (CIFAR10, CelebA) or 7 (LSUN Church)
+    codebook_size: int = 512          # K
+    codebook_dim: int = 16
+    clamp_max: float = 20.0           # logits are clamped to at most this (Table 5)
+
+    def __post_init__(self) -> None:
+        check(self.image_channels > 0, "model.image_channels", f"must be positive, got {self.image_channels}")
+        check(self.channels > 0, "model.channels", f"must be positive, got {self.channels}")
+        check(len(self.channel_mults) >= 1, "model.channel_mults", "needs at least one group")
+        for m in self.channel_mults:
+            check(m > 0 and (self.channels * m) % 4 == 0, "model.channel_mults",
+                  f"channels*mult must be a positive multiple of 4 (blocks use width/4 hidden units); got {self.channels}*{m}")
+        check(self.blocks_per_group > 0, "model.blocks_per_group", f"must be positive, got {self.blocks_per_group}")
+        check(self.first_kernel > 0 and self.first_kernel % 2 == 1, "model.first_kernel",
+              f"must be a positive odd number, got {self.first_kernel}")
+        check(self.codebook_size > 1, "model.codebook_size", f"must be at least 2, got {self.codebook_size}")
+        check(self.codebook_dim > 0, "model.codebook_dim", f"must be positive, got {self.codebook_dim}")
+        check(self.clamp_max > 0, "model.clamp_max", f"must be positive, got {self.clamp_max}")
+
+    @property
+    def downsample(self) -> int:
+        """Image side / token-grid side."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+@dataclass
+class DataConfig:
+    # cifar10 | celeba | lsun_church (paper preprocessing, real download/loading path)
+    # npz | folder | hf (generic sources) | auto (guess from path)
+    dataset: str = "cifar10"
+    path: Optional[str] = None        # dataset root, .npz file, image folder, saved dataset dir or hub id
+    image_size: int = 32              # side after preprocessing
+    test_fraction: float = 0.1        # held-out fraction for sources without a test split
+    split_seed: int = 0               # seed of that held-out split
+    download: bool = False            # let torchvision / datasets download missing data
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.image_size > 0, "data.image_size", f"must be positive, got {self.image_size}")
+        check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 150_000
+    batch_size: int = 128             # global batch (all processes x accumulation steps)
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"       # no | fp16 | bf16
+    seed: int = 42
+    # learning rate: cosine ramp lr -> lr_min over lr_decay_steps, then held (Adam)
+    lr: float = 1e-3
+    lr_min: float = 1.25e-6
+    lr_decay_steps: int = 50_000
+    # KL weight: cosine ramp 0 -> beta_max over beta_warmup_steps
+    beta_max: float = 5e-7
+    beta_warmup_steps: int = 5_000
+    # Gumbel-softmax temperature tau = exp(-tau_decay * step), floored at tau_min
+    tau_decay: float = 1e-5
+    tau_min: float = 0.0
+    # multiplies every schedule horizon (beta ramp, lr decay, tau decay) so short runs see the whole schedule
+    schedule_scale: float = 1.0
+    grad_clip: Optional[float] = None
+    channels_last: bool = False
+    compile: bool = False
+    # bookkeeping
+    log_every: int = 50
+    checkpoint_every: int = 5_000
+    checkpoints_total_limit: Optional[int] = 3
+    image_every: int = 5_000
+    eval_every: int = 10_000
+    eval_max_images: Optional[int] = 2_560   # periodic evaluation subset; the final one uses the whole split
+    final_eval: bool = True
+    tracker: str = "tensorboard"     # tensorboard | wandb | none
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.max_steps > 0, "train.max_steps", f"must be positive, got {self.max_steps}")
+        check(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
+        check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
+              f"must be positive, got {self.gradient_accumulation_steps}")
+        check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision",
+              f"must be one of {MIXED_PRECISION}, got '{self.mixed_precision}'")
+        check(self.lr > 0 and self.lr_min >= 0, "train.lr", "lr must be > 0 and lr_min >= 0")
+        check(self.schedule_scale > 0, "train.schedule_scale", f"must be positive, got {self.schedule_scale}")
+        check(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker",
+              f"must be tensorboard, wandb or none, got '{self.tracker}'")
+        for key in ("log_every", "checkpoint_every", "image_every", "eval_every"):
+            check(getattr(self, key) > 0, f"train.{key}", f"must be positive, got {getattr(self, key)}")
+
+
+@dataclass
+class Stage1Config:
+    output_dir: str = "runs/stage1"
+    resume: Optional[str] = None      # 'latest' or a checkpoint folder
+    eval_codes: str = "argmax"        # how evaluation picks codes: argmax (default) or sample (Algorithm 2)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check(self.eval_codes in EVAL_CODES, "eval_codes", f"must be one of {EVAL_CODES}, got '{self.eval_codes}'")
+        check(self.data.image_size % self.model.downsample == 0, "data.image_size",
+              f"{self.data.image_size} is not divisible by the model's downsampling factor {self.model.downsample}")

@@ -1,0 +1,117 @@
+"""Evaluate a trained tokenizer on a dataset split.
+
+    python -m stage1_tokenizer.evaluate --checkpoint runs/stage1/cifar10/tokenizer \
+        --data ../shared/data/cifar10_dev.npz [--split test] [--out metrics.json]
+
+``--checkpoint`` is a ``save_pretrained`` folder, a training run folder (its
+``tokenizer/`` export is used) or a Hub id. ``--data`` is a named dataset
+(``cifar10``, ``celeba``, ``lsun_church``, optionally ``name:path``) or a path
+(an ``.npz``, an image folder, a saved ``datasets`` folder). When the
+checkpoint comes from a run folder, the held-out split settings of that run
+(``test_fraction``, ``split_seed``) are used, so ``--split test`` is exactly
+the part the run never trained on.
+
+Writes a JSON file with ``mse`` (on [0, 1]), ``psnr`` (mean per image, dB),
+``perplexity_batch`` (per batch of 128 images, averaged: the paper's metric),
+``perplexity_split`` (over the whole split), ``codes_used``,
+``mean_uncertainty``, ``n_images`` and the protocol, plus a reconstruction
+grid and a codebook-usage histogram next to it. Multi-process with
+``accelerate launch -m stage1_tokenizer.evaluate ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from edvae_common.accel import make_accelerator
+from edvae_common.config import ConfigError, load_config
+from edvae_common.hub import CheckpointError
+from edvae_common.io import save_image_grid, side_by_side, write_json
+
+from .config import DataConfig, Stage1Config
+from .data import DataNotFoundError, build_dataset
+from .data.sources import GENERIC, NAMED
+from .evaluation import evaluate_tokenizer, save_usage_histogram
+from .model import EdVAE
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="save_pretrained folder, training run folder, or Hub id")
+    p.add_argument("--data", required=True, help="cifar10 | celeba | lsun_church [:path], or a path to an .npz / folder")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split to evaluate (default test)")
+    p.add_argument("--out", default=None, help="metrics JSON path (default <checkpoint>/eval_<split>.json)")
+    p.add_argument("--image-size", type=int, default=None, help="image side (default: the run's, else the dataset's)")
+    p.add_argument("--test-fraction", type=float, default=None, help="held-out fraction for sources without a split")
+    p.add_argument("--split-seed", type=int, default=None, help="seed of the held-out split")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch per process (default 128)")
+    p.add_argument("--codes", default="argmax", choices=["argmax", "sample"],
+                   help="argmax of the logits (default) or z ~ Cat(pi) as in Algorithm 2")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--seed", type=int, default=0, help="seed for --codes sample")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    return p.parse_args(argv)
+
+
+def data_config(args: argparse.Namespace, run_config: Stage1Config | None) -> DataConfig:
+    """Build the DataConfig from --data, falling back to the training run's settings."""
+    base = run_config.data if run_config is not None else None
+    name, _, path = args.data.partition(":") if args.data.split(":", 1)[0] in NAMED + GENERIC else ("auto", "", args.data)
+    default_size = {"cifar10": 32, "celeba": 64, "lsun_church": 128}.get(name, 32)
+    return DataConfig(
+        dataset=name,
+        path=path or None,
+        image_size=args.image_size or (base.image_size if base else default_size),
+        test_fraction=args.test_fraction if args.test_fraction is not None else (base.test_fraction if base else 0.1),
+        split_seed=args.split_seed if args.split_seed is not None else (base.split_seed if base else 0),
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    checkpoint = Path(args.checkpoint)
+    run_config = None
+    if (checkpoint / "config.yaml").is_file() and (checkpoint / "tokenizer").is_dir():  # a training run folder
+        run_config = load_config(Stage1Config, checkpoint / "config.yaml")
+        checkpoint = checkpoint / "tokenizer"
+    accelerator = make_accelerator(mixed_precision=args.mixed_precision)
+    torch.manual_seed(args.seed)
+    model = EdVAE.from_pretrained(checkpoint).to(accelerator.device)
+    cfg = data_config(args, run_config)
+    if cfg.image_size % model.downsample:
+        raise ConfigError(f"--image-size {cfg.image_size} is not divisible by the tokenizer's factor {model.downsample}")
+    dataset = build_dataset(cfg, args.split)
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=args.batch_size, shuffle=False))
+    result = evaluate_tokenizer(model, loader, accelerator, codes=args.codes, max_images=args.max_images)
+
+    out = Path(args.out) if args.out else (Path(checkpoint) if Path(checkpoint).is_dir() else Path(".")) / f"eval_{args.split}.json"
+    metrics = {
+        **result.metrics,
+        "protocol": {
+            "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split, "dataset": cfg.dataset,
+            "path": cfg.path, "image_size": cfg.image_size, "test_fraction": cfg.test_fraction,
+            "split_seed": cfg.split_seed, "codes": args.codes, "max_images": args.max_images,
+            "mse_scale": "[0, 1] pixels, model output unclamped", "perplexity_batch_size": 128,
+            "processes": accelerator.num_processes,
+        },
+    }
+    if accelerator.is_main_process:
+        write_json(out, metrics)
+        save_image_grid(side_by_side(result.originals, result.reconstructions), out.with_name(out.stem + "_recon.png"))
+        save_usage_histogram(result.counts, str(out.with_name(out.stem + "_usage.png")))
+        shown = {k: v for k, v in metrics.items() if k != "protocol"}
+        print("\n".join(f"{k:>18}: {v}" for k, v in shown.items()))
+        print(f"wrote {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, DataNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,210 @@
+"""The EdVAE tokenizer: encoder -> quantizer -> decoder, with the public library API.
+
+    tok = EdVAE.from_pretrained("runs/stage1/cifar10/tokenizer")
+    codes = tok.encode(images)        # (B, 3, H, W) in [0, 1] -> LongTensor (B, H/4, W/4)
+    images = tok.decode(codes)        # -> (B, 3, H, W) in [0, 1]
+
+Inside, pixels are shifted to [-0.5, 0.5] as in the paper's code, so the MSE
+reported on that scale equals the MSE on [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from edvae_common.config import load_config
+from edvae_common.hub import CheckpointError, read_typed_config, resolve_pretrained
+
+from .config import ModelConfig, Stage1Config
+from .decoder import Decoder
+from .encoder import Encoder
+from .quantizers import get_quantizer_class
+
+MODEL_TYPE = "edvae_tokenizer"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class TokenizerOutput:
+    recon: torch.Tensor          # (B, 3, H, W) reconstruction in [-0.5, 0.5] space (unclamped)
+    mse: torch.Tensor            # scalar, mean squared error (= MSE on [0, 1])
+    kl: torch.Tensor             # scalar, quantizer KL (mean per position), to be weighted by beta
+    aux_loss: torch.Tensor       # scalar, quantizer's own weighted loss terms (0 for EdVAE)
+    indices: torch.Tensor        # (B, h, w) hard codes
+    uncertainty: Optional[torch.Tensor]  # (B, h, w) evidential uncertainty, or None
+
+
+class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-tokenizer", "edvae", "discrete-vae"]):
+    """Evidential discrete VAE tokenizer (Baykal, Kandemir and Unal, 2024).
+
+    Constructor arguments are the fields of ``ModelConfig`` and are validated
+    up front; ``EdVAE.from_config(path_or_mapping)`` builds one from a YAML
+    file or a mapping.
+    """
+
+    def __init__(self, quantizer: str = "edvae", image_channels: int = 3, channels: int = 128,
+                 channel_mults: list[int] | tuple[int, ...] = (1, 2, 4), blocks_per_group: int = 2,
+                 first_kernel: int = 3, codebook_size: int = 512, codebook_dim: int = 16, clamp_max: float = 20.0):
+        super().__init__()
+        self.config = ModelConfig(quantizer=quantizer, image_channels=image_channels, channels=channels,
+                                  channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
+                                  first_kernel=first_kernel, codebook_size=codebook_size,
+                                  codebook_dim=codebook_dim, clamp_max=clamp_max)
+        cfg = self.config
+        quantizer_cls = get_quantizer_class(cfg.quantizer)
+        self.encoder = Encoder(cfg.image_channels, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
+                               cfg.first_kernel, quantizer_cls.encoder_channels(cfg.codebook_size, cfg.codebook_dim))
+        self.quantizer = quantizer_cls.from_config(cfg)
+        self.decoder = Decoder(cfg.codebook_dim, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
+                               cfg.image_channels)
+        # What save_pretrained() writes to config.json: the model fields plus a kind marker.
+        self._hub_mixin_config = {"model_type": MODEL_TYPE, **asdict(cfg)}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: str | Path | Mapping[str, Any] | ModelConfig) -> "EdVAE":
+        """Build an untrained model from a stage-1 YAML file, a mapping of model fields, or a ModelConfig."""
+        if isinstance(config, ModelConfig):
+            return cls(**asdict(config))
+        if isinstance(config, (str, Path)):
+            return cls(**asdict(load_config(Stage1Config, config).model))
+        mapping = dict(config)
+        if "model" in mapping and isinstance(mapping["model"], Mapping):
+            mapping = dict(mapping["model"])
+        return cls(**asdict(load_config(Stage1Config, mapping={"model": mapping}).model))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+                        map_location: str | torch.device = "cpu", **_: Any) -> "EdVAE":
+        """Load a tokenizer saved with ``save_pretrained`` from a folder or a Hub repo id."""
+        from safetensors.torch import load_file
+
+        folder = resolve_pretrained(pretrained_model_name_or_path, ["config.json", WEIGHTS_NAME], revision)
+        config = read_typed_config(folder, MODEL_TYPE, "stage-1 EdVAE tokenizer")
+        config.pop("model_type")
+        try:
+            model = cls(**config)
+        except TypeError as err:
+            raise CheckpointError(f"'{folder}/config.json' has fields this version does not know: {err}") from err
+        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"weights in '{folder}' do not fit the config: missing {missing}, unexpected {unexpected}")
+        return model.eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def downsample(self) -> int:
+        return self.config.downsample
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def grid_shape(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
+        """Token grid (h, w) for images of the given size."""
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        return h // self.downsample, w // self.downsample
+
+    def weights_hash(self) -> str:
+        """SHA-256 of the weights (names, shapes, values), to tie a stage-2 prior to this tokenizer."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------ validation
+    def _check_images(self, images: Any, check_values: bool = True) -> None:
+        """Check type, shape and size; with ``check_values`` also NaNs and the [0, 1] range (a device sync)."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype} "
+                            "(convert uint8 images with images.float() / 255)")
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (B, C, H, W), got shape {tuple(images.shape)}")
+        b, c, h, w = images.shape
+        if c != self.config.image_channels:
+            raise ValueError(f"expected {self.config.image_channels} channels, got shape {tuple(images.shape)} "
+                             "(is the channel axis last? use images.permute(0, 3, 1, 2))")
+        f = self.downsample
+        if h < f or w < f or h % f or w % f:
+            raise ValueError(f"image size {h}x{w} must be a positive multiple of the downsampling factor {f}")
+        if b == 0:
+            raise ValueError("got an empty batch (B = 0)")
+        if not check_values:
+            return
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values")
+        lo, hi = images.min().item(), images.max().item()
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                             "(for [0, 255] divide by 255; for [-1, 1] use (x + 1) / 2)")
+
+    def _check_indices(self, indices: Any) -> None:
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"indices must be a torch.Tensor of shape (B, h, w), got {type(indices).__name__}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor, got dtype {indices.dtype}")
+        if indices.ndim != 3:
+            raise ValueError(f"indices must have shape (B, h, w), got shape {tuple(indices.shape)}")
+        if indices.numel() == 0:
+            raise ValueError(f"got an empty index tensor of shape {tuple(indices.shape)}")
+        lo, hi = indices.min().item(), indices.max().item()
+        if lo < 0 or hi >= self.codebook_size:
+            raise ValueError(f"indices must be in [0, {self.codebook_size}), got values in [{lo}, {hi}]")
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, images: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> TokenizerOutput:
+        """Encode, quantize (relaxed in training mode, hard in eval mode) and decode.
+
+        ``images`` are (B, 3, H, W) in [0, 1]; ``tau`` is the Gumbel-softmax
+        temperature; ``codes`` picks hard codes in eval mode ('argmax' or 'sample').
+        Only shapes are checked here (value checks would sync the GPU every step);
+        the public ``encode`` checks values too.
+        """
+        self._check_images(images, check_values=False)
+        x = images - 0.5
+        q = self.quantizer(self.encoder(x), tau=tau, codes=codes)
+        recon = self.decoder(q.z_q)
+        mse = F.mse_loss(recon.float(), x.float())
+        return TokenizerOutput(recon=recon, mse=mse, kl=q.kl, aux_loss=q.aux_loss,
+                               indices=q.indices, uncertainty=q.uncertainty)
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, codes: str = "argmax") -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> code indices, LongTensor (B, H/f, W/f).
+
+        ``codes='argmax'`` is deterministic; ``'sample'`` draws z ~ Cat(pi) (Algorithm 2).
+        """
+        self._check_images(images)
+        was_training = self.training
+        self.eval()
+        try:
+            q = self.quantizer(self.encoder(images - 0.5), codes=codes)
+        finally:
+            self.train(was_training)
+        return q.indices.long()
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, h, w) -> images (B, 3, h*f, w*f) in [0, 1]."""
+        self._check_indices(indices)
+        z_q = self.quantizer.embed(indices.long().to(self.quantizer.codebook.device))
+        return (self.decoder(z_q).float() + 0.5).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, codes: str = "argmax") -> torch.Tensor:
+        """Encode then decode: the tokenizer's reconstruction of ``images``, in [0, 1]."""
+        return self.decode(self.encode(images, codes=codes))

@@ -1,0 +1,248 @@
+"""Train the stage-1 tokenizer with Accelerate (CPU, one GPU, several GPUs or nodes).
+
+    accelerate launch stage1_tokenizer/train.py --config configs/stage1/cifar10.yaml \
+        [key=value ...] [--resume latest]
+
+Everything is set in the config (see stage1_tokenizer/config.py for every key);
+``key=value`` overrides any of it, e.g. ``train.max_steps=1000 model.channels=32``.
+The run folder (``output_dir``) receives the resolved config, checkpoints,
+TensorBoard logs, reconstruction grids, ``metrics.jsonl`` and, at the end, the
+exported tokenizer in ``output_dir/tokenizer`` (``EdVAE.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from edvae_common.accel import make_accelerator
+from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
+from edvae_common.io import save_image_grid, side_by_side, write_json
+from edvae_common.runs import MetricsLog, resolve_resume, save_checkpoint
+from stage1_tokenizer.config import Stage1Config
+from stage1_tokenizer.data import EpochShuffleSampler, build_dataset
+from stage1_tokenizer.evaluation import evaluate_tokenizer, save_usage_histogram
+from stage1_tokenizer.metrics import code_counts, codes_used, perplexity
+from stage1_tokenizer.model import EdVAE
+from stage1_tokenizer.schedules import kl_weight, learning_rate, temperature
+
+logger = logging.getLogger("stage1.train")
+EXPORT_DIR = "tokenizer"
+
+
+class TrainState:
+    """The step counter, saved and restored with every checkpoint."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/stage1/cifar10.yaml")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (same as resume=...)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=1000")
+    return parser.parse_args(argv)
+
+
+def infinite_batches(loader, sampler: EpochShuffleSampler, start_batch: int):
+    """Yield batches forever, starting ``start_batch`` micro-batches into the seeded epoch sequence."""
+    from accelerate import skip_first_batches
+
+    epoch, skip = divmod(start_batch, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        yield from (skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
+
+def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
+    """Train loader (resumable shuffling, per-device micro-batches) and test loader."""
+    t = cfg.train
+    per_step = accelerator.num_processes * t.gradient_accumulation_steps
+    if t.batch_size % per_step:
+        raise ConfigError(f"invalid value for config key 'train.batch_size': {t.batch_size} is not divisible by "
+                          f"processes x gradient_accumulation_steps = {per_step}")
+    micro = t.batch_size // per_step
+    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    if len(train_set) < t.batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training split ({len(train_set)} images)")
+    sampler = EpochShuffleSampler(len(train_set), t.seed)
+    common = dict(num_workers=cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
+                              generator=torch.Generator(), **common)
+    test_loader = DataLoader(test_set, batch_size=max(micro, 64), shuffle=False, generator=torch.Generator(), **common)
+    return train_loader, test_loader, sampler, len(train_set), len(test_set)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+    cfg = load_config(Stage1Config, args.config, overrides)
+    t = cfg.train
+    run_dir = Path(cfg.output_dir)
+
+    # 1. Accelerator: devices, processes, mixed precision, accumulation, trackers.
+    accelerator = make_accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=None if t.tracker == "none" else t.tracker,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(t.seed, device_specific=True)
+
+    # 2. Model, optimizer, data.
+    model = EdVAE.from_config(cfg.model)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    train_loader, test_loader, sampler, n_train, n_test = make_loaders(cfg, accelerator)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    forward = torch.compile(model) if t.compile else model
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+
+    # 3. Resume, or start a fresh run folder.
+    checkpoint = resolve_resume(run_dir, cfg.resume)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, state.step)
+    elif cfg.resume == "latest":
+        logger.info("resume=latest: no checkpoint in %s yet, starting fresh", run_dir)
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        log.truncate_after(state.step)
+        logger.info("%d train / %d test images; %d processes; micro-batch %d; run folder %s",
+                    n_train, n_test, accelerator.num_processes, t.batch_size // (accelerator.num_processes * t.gradient_accumulation_steps), run_dir)
+    if t.tracker != "none":
+        accelerator.init_trackers("stage1", config=flat_hparams(cfg))
+
+    unwrapped = accelerator.unwrap_model(model)
+    k = unwrapped.codebook_size
+    batches = infinite_batches(train_loader, sampler, state.step * t.gradient_accumulation_steps)
+    progress = tqdm(total=t.max_steps, initial=state.step, disable=not (accelerator.is_main_process and t.progress_bar),
+                    desc="stage1", dynamic_ncols=True)
+    window_counts = torch.zeros(k, dtype=torch.long, device=accelerator.device)
+    tic = time.perf_counter()
+    images_seen = 0
+
+    # 4. The training loop: one iteration = one optimizer step over batch_size images.
+    while state.step < t.max_steps:
+        step = state.step
+        lr, beta, tau = learning_rate(step, t), kl_weight(step, t), temperature(step, t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums = torch.zeros(4, device=accelerator.device)  # loss, mse, kl, uncertainty (per micro-batch means)
+        counts = torch.zeros(k, dtype=torch.long, device=accelerator.device)
+        for _ in range(t.gradient_accumulation_steps):
+            images = next(batches)
+            if t.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    out = forward(images, tau=tau)
+                loss = out.mse + beta * out.kl + out.aux_loss
+                accelerator.backward(loss)
+                if t.grad_clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            unc = out.uncertainty.mean() if out.uncertainty is not None else torch.zeros((), device=loss.device)
+            sums += torch.stack([loss.detach(), out.mse.detach(), out.kl.detach(), unc.detach()])
+            counts += code_counts(out.indices, k)
+            images_seen += len(images)
+        state.step += 1
+        progress.update(1)
+
+        # 5. Metrics of this step over all processes: mean losses, perplexity of the global batch's hard codes.
+        sums = accelerator.reduce(sums, "mean") / t.gradient_accumulation_steps
+        counts = accelerator.reduce(counts, "sum")
+        window_counts += counts
+        if state.step % t.log_every == 0 or state.step == t.max_steps:
+            elapsed = time.perf_counter() - tic
+            record = {"step": state.step, "loss": sums[0].item(), "mse": sums[1].item(), "kl": sums[2].item(),
+                      "beta": beta, "tau": tau, "lr": lr, "perplexity": perplexity(counts),
+                      "codes_used": codes_used(counts), "perplexity_window": perplexity(window_counts),
+                      "codes_used_window": codes_used(window_counts), "uncertainty": sums[3].item(),
+                      "images_per_s": images_seen * accelerator.num_processes / max(elapsed, 1e-9)}
+            accelerator.log({f"train/{key}": v for key, v in record.items() if key != "step"}, step=state.step)
+            log.write({"split": "train", **record})
+            progress.set_postfix(mse=f"{record['mse']:.4f}", ppl=f"{record['perplexity']:.1f}")
+            window_counts.zero_()
+            tic, images_seen = time.perf_counter(), 0
+
+        # 6. Reconstruction grids, periodic evaluation, checkpoints.
+        if state.step % t.image_every == 0 or state.step % t.eval_every == 0 or state.step == t.max_steps:
+            is_final = state.step == t.max_steps
+            if state.step % t.eval_every == 0 or is_final:
+                limit = None if (is_final and t.final_eval) else t.eval_max_images
+                result = evaluate_tokenizer(unwrapped, test_loader, accelerator, codes=cfg.eval_codes, max_images=limit)
+                accelerator.log({f"eval/{key}": v for key, v in result.metrics.items()
+                                 if isinstance(v, (int, float)) and v is not None}, step=state.step)
+                log.write({"split": "test", "step": state.step, **result.metrics})
+                if accelerator.is_main_process and is_final:
+                    write_json(run_dir / "metrics.json", {"step": state.step, **result.metrics})
+                    save_usage_histogram(result.counts, str(run_dir / "codebook_usage.png"))
+            else:
+                result = evaluate_tokenizer(unwrapped, test_loader, accelerator, codes=cfg.eval_codes, max_images=32)
+            if accelerator.is_main_process:
+                grid = side_by_side(result.originals, result.reconstructions)
+                save_image_grid(grid, run_dir / "images" / f"recon_{state.step:08d}.png")
+                for tracker in accelerator.trackers:
+                    if tracker.name == "tensorboard":
+                        from torchvision.utils import make_grid
+
+                        tracker.writer.add_image("eval/reconstructions", make_grid(grid, nrow=8), state.step)
+        if state.step % t.checkpoint_every == 0 or state.step == t.max_steps:
+            save_checkpoint(accelerator, run_dir, state.step, t.checkpoints_total_limit)
+
+    progress.close()
+
+    # 7. Export the tokenizer for the library API and stage 2.
+    export = run_dir / EXPORT_DIR
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = run_dir / f".{EXPORT_DIR}.tmp"
+        unwrapped.save_pretrained(str(tmp))
+        if export.exists():
+            import shutil
+
+            shutil.rmtree(export)
+        tmp.rename(export)
+        logger.info("exported the tokenizer to %s", export)
+    accelerator.end_training()
+    return export
+
+
+if __name__ == "__main__":
+    from edvae_common.hub import CheckpointError
+    from stage1_tokenizer.data import DataNotFoundError
+
+    try:
+        main()
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+    except (DataNotFoundError, CheckpointError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
