@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .io import atomic_write_text
+
 CHECKPOINT_RE = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "COMPLETE"
 
@@ -76,8 +78,8 @@ def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, total_limi
     tmp = root / f".tmp_step_{step:08d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root.glob(".tmp_step_*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
@@ -104,8 +106,9 @@ class MetricsLog:
         """Drop records newer than ``step`` (written by a run that died after its last checkpoint)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in self.path.read_text().splitlines()
+                if (record := _parse(line)) is not None and record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -117,4 +120,13 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [r for line in self.path.read_text().splitlines() if (r := _parse(line)) is not None]
+
+
+def _parse(line: str) -> dict | None:
+    """One JSON record, or None for an empty or half-written line (a run killed mid-write)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None

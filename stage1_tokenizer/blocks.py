@@ -53,9 +53,7 @@ class DecoderBlock(_ResBlock):
 
 
 def init_conv_weights(module: nn.Module, std: float = 0.02) -> None:
-    """The release's initialisation: conv weights ~ N(0, std), biases zero."""
+    """The release's initialisation: conv weights ~ N(0, std); biases keep PyTorch's default."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, mean=0.0, std=std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)

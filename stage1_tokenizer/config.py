@@ -13,6 +13,7 @@ from edvae_common.config import check
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 EVAL_CODES = ("argmax", "sample")
+DATASETS = ("cifar10", "celeba", "lsun_church", "npz", "folder", "hf", "auto")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        check(self.dataset in DATASETS, "data.dataset", f"'{self.dataset}' is not one of {', '.join(DATASETS)}")
         check(self.image_size > 0, "data.image_size", f"must be positive, got {self.image_size}")
         check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")

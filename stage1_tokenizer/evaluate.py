@@ -6,10 +6,10 @@
 ``--checkpoint`` is a ``save_pretrained`` folder, a training run folder (its
 ``tokenizer/`` export is used) or a Hub id. ``--data`` is a named dataset
 (``cifar10``, ``celeba``, ``lsun_church``, optionally ``name:path``) or a path
-(an ``.npz``, an image folder, a saved ``datasets`` folder). When the
-checkpoint comes from a run folder, the held-out split settings of that run
-(``test_fraction``, ``split_seed``) are used, so ``--split test`` is exactly
-the part the run never trained on.
+(an ``.npz``, an image folder, a saved ``datasets`` folder). An export written
+by ``train.py`` records its training data settings (``training_data.json``):
+its image size and held-out split (``test_fraction``, ``split_seed``) are the
+defaults, so ``--split test`` is exactly the part the run never trained on.
 
 Writes a JSON file with ``mse`` (on [0, 1]), ``psnr`` (mean per image, dB),
 ``perplexity_batch`` (per batch of 128 images, averaged: the paper's metric),
@@ -26,18 +26,18 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from edvae_common.accel import make_accelerator
 from edvae_common.config import ConfigError, load_config
 from edvae_common.hub import CheckpointError
-from edvae_common.io import save_image_grid, side_by_side, write_json
+from edvae_common.io import read_json, save_image_grid, side_by_side, write_json
 
 from .config import DataConfig, Stage1Config
 from .data import DataNotFoundError, build_dataset
 from .data.sources import GENERIC, NAMED
 from .evaluation import evaluate_tokenizer, save_usage_histogram
-from .model import EdVAE
+from .model import TRAINING_DATA_FILE, EdVAE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,9 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def data_config(args: argparse.Namespace, run_config: Stage1Config | None) -> DataConfig:
-    """Build the DataConfig from --data, falling back to the training run's settings."""
-    base = run_config.data if run_config is not None else None
+def data_config(args: argparse.Namespace, base: DataConfig | None) -> DataConfig:
+    """Build the DataConfig from --data, falling back to the data settings the tokenizer was trained with."""
     name, _, path = args.data.partition(":") if args.data.split(":", 1)[0] in NAMED + GENERIC else ("auto", "", args.data)
     default_size = {"cifar10": 32, "celeba": 64, "lsun_church": 128}.get(name, 32)
     return DataConfig(
@@ -75,19 +74,22 @@ def data_config(args: argparse.Namespace, run_config: Stage1Config | None) -> Da
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     checkpoint = Path(args.checkpoint)
-    run_config = None
     if (checkpoint / "config.yaml").is_file() and (checkpoint / "tokenizer").is_dir():  # a training run folder
-        run_config = load_config(Stage1Config, checkpoint / "config.yaml")
         checkpoint = checkpoint / "tokenizer"
+    trained_on = None  # the export records the data settings of its training run
+    if (checkpoint / TRAINING_DATA_FILE).is_file():
+        trained_on = load_config(Stage1Config, mapping={"data": read_json(checkpoint / TRAINING_DATA_FILE)}).data
     accelerator = make_accelerator(mixed_precision=args.mixed_precision)
     torch.manual_seed(args.seed)
     model = EdVAE.from_pretrained(checkpoint).to(accelerator.device)
-    cfg = data_config(args, run_config)
+    cfg = data_config(args, trained_on)
     if cfg.image_size % model.downsample:
         raise ConfigError(f"--image-size {cfg.image_size} is not divisible by the tokenizer's factor {model.downsample}")
     dataset = build_dataset(cfg, args.split)
+    if args.max_images is not None and args.max_images < len(dataset):
+        dataset = Subset(dataset, range(args.max_images))
     loader = accelerator.prepare(DataLoader(dataset, batch_size=args.batch_size, shuffle=False))
-    result = evaluate_tokenizer(model, loader, accelerator, codes=args.codes, max_images=args.max_images)
+    result = evaluate_tokenizer(model, loader, accelerator, codes=args.codes)
 
     out = Path(args.out) if args.out else (Path(checkpoint) if Path(checkpoint).is_dir() else Path(".")) / f"eval_{args.split}.json"
     metrics = {

@@ -28,13 +28,17 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_tokenizer(model: Any, loader: Any, accelerator: Any, codes: str = "argmax",
-                       max_images: int | None = None, num_grid_images: int = 32) -> EvalResult:
-    """Evaluate an (unwrapped) EdVAE on ``loader``; every process gets the same result."""
+                       num_grid_images: int = 32) -> EvalResult:
+    """Evaluate an (unwrapped) EdVAE on all of ``loader``; every process gets the same result.
+
+    To evaluate part of a split, pass a loader over a ``Subset``: the loader is
+    always run to its end (Accelerate tracks the active loader, and one left
+    half-iterated would confuse its end-of-data bookkeeping).
+    """
     was_training = model.training
     model.eval()
     per_image_mse, per_image_unc, all_codes = [], [], []
     originals = reconstructions = None
-    seen = 0
     for images in loader:
         with accelerator.autocast():
             out = model(images, codes=codes)
@@ -48,9 +52,6 @@ def evaluate_tokenizer(model: Any, loader: Any, accelerator: Any, codes: str = "
         if originals is None:
             originals = images[:num_grid_images].float().cpu()
             reconstructions = (out.recon[:num_grid_images].float() + 0.5).clamp(0, 1).cpu()
-        seen += len(mse)
-        if max_images is not None and seen >= max_images:
-            break
     model.train(was_training)
     if not per_image_mse:
         raise ValueError("the evaluation split is empty")
@@ -59,8 +60,10 @@ def evaluate_tokenizer(model: Any, loader: Any, accelerator: Any, codes: str = "
     codes_all = torch.cat(all_codes)
     k = model.codebook_size
     counts = code_counts(codes_all, k)
-    batch_ppl = [perplexity(code_counts(codes_all[i : i + PERPLEXITY_BATCH], k))
-                 for i in range(0, len(codes_all), PERPLEXITY_BATCH)]
+    # Like the release's test loader (drop_last=True): full batches only, unless there is none.
+    n_full = max(len(codes_all) // PERPLEXITY_BATCH, 1)
+    batch_ppl = [perplexity(code_counts(codes_all[i * PERPLEXITY_BATCH : (i + 1) * PERPLEXITY_BATCH], k))
+                 for i in range(n_full)]
     mean_mse = float(mse.mean())
     metrics = {
         "mse": mean_mse,

@@ -8,8 +8,13 @@ import torch
 
 
 def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """How often each code occurs in ``indices`` (any shape): LongTensor (K,)."""
-    return torch.bincount(indices.reshape(-1).long(), minlength=codebook_size)
+    """How often each code occurs in ``indices`` (any shape): LongTensor (K,) on the same device.
+
+    A scatter-add rather than ``torch.bincount``, which synchronises a GPU to size its output.
+    """
+    flat = indices.reshape(-1).long()
+    counts = torch.zeros(codebook_size, dtype=torch.long, device=flat.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def perplexity(counts: torch.Tensor) -> float:

@@ -30,6 +30,7 @@ from .quantizers import get_quantizer_class
 
 MODEL_TYPE = "edvae_tokenizer"
 WEIGHTS_NAME = "model.safetensors"
+TRAINING_DATA_FILE = "training_data.json"  # written beside the weights by train.py: the data settings used
 
 
 @dataclass
@@ -95,9 +96,13 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         except TypeError as err:
             raise CheckpointError(f"'{folder}/config.json' has fields this version does not know: {err}") from err
         state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
+            raise CheckpointError(f"weights in '{folder}' do not fit its config.json: {detail}") from None
         if missing or unexpected:
-            raise CheckpointError(f"weights in '{folder}' do not fit the config: missing {missing}, unexpected {unexpected}")
+            raise CheckpointError(f"weights in '{folder}' do not fit its config.json: missing {missing}, unexpected {unexpected}")
         return model.eval()
 
     # ------------------------------------------------------------------ properties
@@ -189,6 +194,7 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         ``codes='argmax'`` is deterministic; ``'sample'`` draws z ~ Cat(pi) (Algorithm 2).
         """
         self._check_images(images)
+        images = images.to(self.quantizer.codebook.device)
         was_training = self.training
         self.eval()
         try:

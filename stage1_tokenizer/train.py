@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -23,19 +24,19 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from edvae_common.accel import make_accelerator
 from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
 from edvae_common.io import save_image_grid, side_by_side, write_json
-from edvae_common.runs import MetricsLog, resolve_resume, save_checkpoint
+from edvae_common.runs import MetricsLog, list_checkpoints, resolve_resume, save_checkpoint
 from stage1_tokenizer.config import Stage1Config
 from stage1_tokenizer.data import EpochShuffleSampler, build_dataset
 from stage1_tokenizer.evaluation import evaluate_tokenizer, save_usage_histogram
 from stage1_tokenizer.metrics import code_counts, codes_used, perplexity
-from stage1_tokenizer.model import EdVAE
+from stage1_tokenizer.model import TRAINING_DATA_FILE, EdVAE
 from stage1_tokenizer.schedules import kl_weight, learning_rate, temperature
 
 logger = logging.getLogger("stage1.train")
@@ -76,7 +77,12 @@ def infinite_batches(loader, sampler: EpochShuffleSampler, start_batch: int):
 
 
 def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
-    """Train loader (resumable shuffling, per-device micro-batches) and test loader."""
+    """Train loader (resumable shuffling, per-device micro-batches) and test loaders.
+
+    The test loaders are the whole split, its first ``eval_max_images`` images
+    (periodic evaluation) and its first 32 (image grids): each is always iterated
+    to its end, so no half-consumed loader is left behind in Accelerate's state.
+    """
     t = cfg.train
     per_step = accelerator.num_processes * t.gradient_accumulation_steps
     if t.batch_size % per_step:
@@ -90,8 +96,33 @@ def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
     common = dict(num_workers=cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
                               generator=torch.Generator(), **common)
-    test_loader = DataLoader(test_set, batch_size=max(micro, 64), shuffle=False, generator=torch.Generator(), **common)
-    return train_loader, test_loader, sampler, len(train_set), len(test_set)
+
+    def test_loader(limit: int | None) -> DataLoader:
+        part = test_set if limit is None or limit >= len(test_set) else Subset(test_set, range(limit))
+        return DataLoader(part, batch_size=max(micro, 64), shuffle=False, generator=torch.Generator(), **common)
+
+    test_loaders = (test_loader(None), test_loader(t.eval_max_images), test_loader(32))
+    return train_loader, test_loaders, sampler, len(train_set), len(test_set)
+
+
+def check_resumed_config(saved_path: Path, cfg: Stage1Config) -> None:
+    """On resume, refuse changed model settings and report other changed settings.
+
+    A resumed run equals an uninterrupted one only with unchanged settings;
+    changing ``train.max_steps`` to extend a run is the common, harmless case.
+    """
+    if not saved_path.is_file():
+        return
+    saved = flat_hparams(load_config(Stage1Config, saved_path))
+    now = flat_hparams(cfg)
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v and k != "resume"}
+    model_changes = sorted(k for k in changed if k.startswith("model."))
+    if model_changes:
+        raise ConfigError(f"cannot resume the run in '{saved_path.parent}' with other model settings: "
+                          + ", ".join(f"{k}: {changed[k][0]} -> {changed[k][1]}" for k in model_changes))
+    if changed:
+        logger.warning("resuming with settings that differ from %s: %s", saved_path,
+                       ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items())))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -104,7 +135,9 @@ def main(argv: list[str] | None = None) -> Path:
     # 1. Accelerator: devices, processes, mixed precision, accumulation, trackers.
     accelerator = make_accelerator(
         mixed_precision=t.mixed_precision,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        # One optimizer step per loop iteration, also across epoch ends (no forced sync at the end of the loader).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
         log_with=None if t.tracker == "none" else t.tracker,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
@@ -116,15 +149,21 @@ def main(argv: list[str] | None = None) -> Path:
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    train_loader, test_loader, sampler, n_train, n_test = make_loaders(cfg, accelerator)
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    train_loader, test_loaders, sampler, n_train, n_test = make_loaders(cfg, accelerator)
+    model, optimizer, train_loader, *test_loaders = accelerator.prepare(model, optimizer, train_loader, *test_loaders)
+    full_test, periodic_test, grid_test = test_loaders
     forward = torch.compile(model) if t.compile else model
     state = TrainState()
     accelerator.register_for_checkpointing(state)
 
     # 3. Resume, or start a fresh run folder.
     checkpoint = resolve_resume(run_dir, cfg.resume)
+    existing = list_checkpoints(run_dir)
+    if checkpoint is None and existing:
+        raise ConfigError(f"output_dir '{run_dir}' already holds checkpoints of a run (latest: step {existing[-1][0]}). "
+                          "Continue it with resume=latest, or pick another output_dir; nothing was changed.")
     if checkpoint is not None:
+        check_resumed_config(run_dir / "config.yaml", cfg)
         accelerator.load_state(str(checkpoint))
         logger.info("resumed from %s at step %d", checkpoint, state.step)
     elif cfg.resume == "latest":
@@ -197,8 +236,8 @@ def main(argv: list[str] | None = None) -> Path:
         if state.step % t.image_every == 0 or state.step % t.eval_every == 0 or state.step == t.max_steps:
             is_final = state.step == t.max_steps
             if state.step % t.eval_every == 0 or is_final:
-                limit = None if (is_final and t.final_eval) else t.eval_max_images
-                result = evaluate_tokenizer(unwrapped, test_loader, accelerator, codes=cfg.eval_codes, max_images=limit)
+                loader = full_test if (is_final and t.final_eval) else periodic_test
+                result = evaluate_tokenizer(unwrapped, loader, accelerator, codes=cfg.eval_codes)
                 accelerator.log({f"eval/{key}": v for key, v in result.metrics.items()
                                  if isinstance(v, (int, float)) and v is not None}, step=state.step)
                 log.write({"split": "test", "step": state.step, **result.metrics})
@@ -206,7 +245,7 @@ def main(argv: list[str] | None = None) -> Path:
                     write_json(run_dir / "metrics.json", {"step": state.step, **result.metrics})
                     save_usage_histogram(result.counts, str(run_dir / "codebook_usage.png"))
             else:
-                result = evaluate_tokenizer(unwrapped, test_loader, accelerator, codes=cfg.eval_codes, max_images=32)
+                result = evaluate_tokenizer(unwrapped, grid_test, accelerator, codes=cfg.eval_codes)
             if accelerator.is_main_process:
                 grid = side_by_side(result.originals, result.reconstructions)
                 save_image_grid(grid, run_dir / "images" / f"recon_{state.step:08d}.png")
@@ -226,6 +265,7 @@ def main(argv: list[str] | None = None) -> Path:
     if accelerator.is_main_process:
         tmp = run_dir / f".{EXPORT_DIR}.tmp"
         unwrapped.save_pretrained(str(tmp))
+        write_json(tmp / TRAINING_DATA_FILE, asdict(cfg.data))
         if export.exists():
             import shutil
 
@@ -244,5 +284,5 @@ if __name__ == "__main__":
         main()
     except ConfigError as err:
         sys.exit(f"config error: {err}")
-    except (DataNotFoundError, CheckpointError, FileNotFoundError) as err:
+    except (DataNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")

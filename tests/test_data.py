@@ -61,9 +61,28 @@ def test_celeba_preprocessing_crops_140_then_resizes_to_64():
     assert torch.equal(Preprocess("celeba", 64)(already), torch.from_numpy(already).permute(2, 0, 1).float() / 255)
 
 
-def test_lsun_preprocessing_resizes_to_128():
-    out = Preprocess("lsun_church", 128)(Image.fromarray(np.zeros((256, 341, 3), np.uint8)))
+def test_lsun_preprocessing_squeezes_to_128_without_cropping():
+    raw = np.zeros((256, 341, 3), np.uint8)
+    raw[:, :20] = 255  # a white stripe at the left edge: a center crop would remove it
+    out = Preprocess("lsun_church", 128)(Image.fromarray(raw))
     assert out.shape == (3, 128, 128)
+    assert out[:, :, :5].mean() > 0.9 and out[:, :, 20:].max() < 0.05
+
+
+def test_celeba_official_partition_from_the_aligned_images(tmp_path):
+    folder = tmp_path / "celeba_root" / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    lines = []
+    for i in range(1, 7):
+        name = f"{i:06d}.jpg"
+        Image.fromarray(np.full((218, 178, 3), i * 30, np.uint8)).save(folder / "img_align_celeba" / name)
+        lines.append(f"{name} {0 if i <= 3 else (1 if i == 4 else 2)}")
+    (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(dataset="celeba", path=str(tmp_path / "celeba_root"), image_size=64)
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert len(train) == 3 and len(test) == 2  # 'valid' (000004) is in neither
+    assert train[0].shape == (3, 64, 64)
+    assert [f.name for f in test.files] == ["000005.jpg", "000006.jpg"]
 
 
 def test_missing_data_messages(tmp_path):
@@ -71,7 +90,7 @@ def test_missing_data_messages(tmp_path):
         build_dataset(DataConfig(dataset="cifar10", path=str(tmp_path / "none")), "train")
     with pytest.raises(DataNotFoundError, match="church_outdoor_train_lmdb.*download.py"):
         build_dataset(DataConfig(dataset="lsun_church", path=str(tmp_path / "none"), image_size=128), "train")
-    with pytest.raises(DataNotFoundError, match="CelebA was not found"):
+    with pytest.raises(DataNotFoundError, match="CelebA was not found.*img_align_celeba/ and list_eval_partition.txt"):
         build_dataset(DataConfig(dataset="celeba", path=str(tmp_path / "none"), image_size=64), "train")
     with pytest.raises(DataNotFoundError, match="no .npz file"):
         build_dataset(DataConfig(dataset="npz", path=str(tmp_path / "x.npz")), "train")
@@ -89,3 +108,11 @@ def test_bad_npz_content(tmp_path):
     np.savez(tmp_path / "float.npz", images=np.zeros((4, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="must be uint8"):
         build_dataset(DataConfig(dataset="npz", path=str(tmp_path / "float.npz")), "train")
+
+
+def test_unknown_dataset_name_is_a_config_error():
+    from edvae_common import ConfigError, load_config
+    from stage1_tokenizer.config import Stage1Config
+
+    with pytest.raises(ConfigError, match="data.dataset.*'cifar' is not one of"):
+        load_config(Stage1Config, "configs/stage1/cifar10.yaml", ["data.dataset=cifar"])

@@ -61,7 +61,9 @@ def test_encode_is_deterministic_and_sampling_is_seeded():
     torch.manual_seed(3)
     b = model.encode(x, codes="sample")
     assert torch.equal(a, b)
-    assert model.training is False or model.training is True  # mode restored below
+    model.eval()
+    model.encode(x)
+    assert not model.training  # encode leaves the mode as it found it
     model.train()
     model.encode(x)
     assert model.training
@@ -79,7 +81,10 @@ def test_save_load_round_trip_gives_identical_tokens(tmp_path):
     torch.manual_seed(0)
     model = EdVAE(channels=8, clamp_max=15.0)
     with torch.no_grad():
-        model.encoder.blocks.output.conv.weight.normal_(0, 50.0)  # make codes depend on the input
+        for m in model.encoder.modules():  # PyTorch's default init: codes depend visibly on the input
+            if isinstance(m, torch.nn.Conv2d):
+                m.reset_parameters()
+        model.encoder.blocks.output.conv.weight.mul_(100.0)
     x = torch.rand(4, 3, 32, 32)
     model.save_pretrained(tmp_path / "tok")
     assert (tmp_path / "tok" / "model.safetensors").is_file() and (tmp_path / "tok" / "config.json").is_file()
@@ -102,3 +107,30 @@ def test_from_config_accepts_a_mapping_and_validates_it():
         EdVAE(first_kernel=4)
     with pytest.raises(ConfigError, match="unknown quantizer 'vq'"):
         EdVAE(quantizer="vq")
+
+
+def test_hard_codes_follow_pi_in_training_and_in_sampling():
+    """argmax of the Gumbel-softmax sample ~ Cat(pi) (Gumbel-max), and codes='sample' draws Cat(pi)."""
+    from stage1_tokenizer.quantizers import DirichletQuantizer
+
+    q = DirichletQuantizer(codebook_size=4, codebook_dim=2)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    alpha = logits.exp() + 1
+    pi = alpha / alpha.sum()
+    z_e = logits.view(1, 4, 1, 1).expand(1, 4, 100, 100).contiguous()  # 10,000 positions with the same logits
+    torch.manual_seed(0)
+    for mode in ("train", "sample"):
+        if mode == "train":
+            out = q.train()(z_e, tau=0.7)
+        else:
+            out = q.eval()(z_e, codes="sample")
+        freq = torch.bincount(out.indices.flatten(), minlength=4).double() / 10_000
+        sigma = (pi * (1 - pi) / 10_000).sqrt()
+        assert ((freq - pi).abs() < 4 * sigma).all(), (mode, freq, pi)
+    assert torch.equal(q.eval()(z_e).indices, torch.zeros(1, 100, 100, dtype=torch.long))  # argmax
+
+
+def test_encode_moves_images_to_the_model_device():
+    model = EdVAE(channels=8)
+    codes = model.encode(torch.rand(1, 3, 32, 32, dtype=torch.float64).float())
+    assert codes.device == model.quantizer.codebook.device

@@ -43,10 +43,13 @@ def test_short_training_on_real_images_lowers_the_mse(cifar_npz, tmp_path):
     assert (run / "config.yaml").is_file() and any((run / "checkpoints").iterdir())
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_resumed_run_equals_an_uninterrupted_one(synthetic_npz, tmp_path, accumulation):
-    common = [f"train.gradient_accumulation_steps={accumulation}", "train.batch_size=16", "train.log_every=1",
-              "train.checkpoint_every=100"]
+@pytest.mark.parametrize("accumulation,batch", [(1, 16), (3, 24)])
+def test_resumed_run_equals_an_uninterrupted_one(synthetic_npz, tmp_path, accumulation, batch):
+    # 86 training images: with micro-batches of 8 and accumulation 3, epochs (10 micro-batches) end in the
+    # middle of an optimizer step, and the resume at step 4 lands inside the second epoch; periodic
+    # evaluations on a subset run in between.
+    common = [f"train.gradient_accumulation_steps={accumulation}", f"train.batch_size={batch}", "train.log_every=1",
+              "train.checkpoint_every=100", "train.eval_every=2", "train.eval_max_images=8", "train.image_every=3"]
     full = tmp_path / "full"
     train_script.main(train_args(full, synthetic_npz, "train.max_steps=9", *common))
     part = tmp_path / "part"
@@ -57,6 +60,40 @@ def test_resumed_run_equals_an_uninterrupted_one(synthetic_npz, tmp_path, accumu
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # exactly equal, step by step
     wa, wb = load_file(full / "tokenizer" / "model.safetensors"), load_file(part / "tokenizer" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_accumulation_takes_one_optimizer_step_per_training_step(synthetic_npz, tmp_path):
+    # With accumulation 3 over 10 micro-batches per epoch, Adam must still step exactly once per step.
+    run = tmp_path / "acc"
+    train_script.main(train_args(run, synthetic_npz, "train.max_steps=7", "train.batch_size=24",
+                                 "train.gradient_accumulation_steps=3", "train.checkpoint_every=7"))
+    optimizer_state = torch.load(run / "checkpoints" / "step_00000007" / "optimizer.bin", weights_only=False)
+    steps = {float(v["step"]) for v in optimizer_state["state"].values()}
+    assert steps == {7.0}
+
+
+def test_a_fresh_run_does_not_overwrite_an_existing_one(synthetic_npz, tmp_path):
+    run = tmp_path / "run"
+    train_script.main(train_args(run, synthetic_npz, "train.max_steps=2", "train.batch_size=16"))
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="already holds checkpoints.*resume=latest"):
+        train_script.main(train_args(run, synthetic_npz, "train.max_steps=2", "train.batch_size=16"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    with pytest.raises(ConfigError, match="cannot resume.*model.channels: 16 -> 8"):
+        train_script.main(train_args(run, synthetic_npz, "train.max_steps=3", "train.batch_size=16",
+                                     "model.channels=8", "resume=latest"))
+
+
+def test_a_half_written_metrics_line_does_not_block_resume(synthetic_npz, tmp_path):
+    run = tmp_path / "run"
+    common = ["train.batch_size=16", "train.log_every=1"]
+    train_script.main(train_args(run, synthetic_npz, "train.max_steps=2", *common))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 3, "lo')  # killed mid-write
+    (run / "checkpoints" / ".tmp_step_00000003").mkdir()  # killed mid-save
+    train_script.main(train_args(run, synthetic_npz, "train.max_steps=3", "resume=latest", *common))
+    assert [r["step"] for r in train_records(run)] == [1, 2, 3]
+    assert not (run / "checkpoints" / ".tmp_step_00000003").exists()
 
 
 @pytest.mark.slow
@@ -143,7 +180,8 @@ def test_two_process_evaluation_equals_one_process(synthetic_npz, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     double = json.loads((tmp_path / "two.json").read_text())
     assert double["n_images"] == single["n_images"] == 38
-    for key in ("mse", "psnr", "perplexity_split", "codes_used", "mean_uncertainty"):
+    assert double["codes_used"] == single["codes_used"]
+    for key in ("mse", "psnr", "perplexity_batch", "perplexity_split", "mean_uncertainty"):
         assert double[key] == pytest.approx(single[key], rel=1e-6), key
 
 
@@ -152,9 +190,22 @@ def test_bad_runs_fail_with_clear_messages(synthetic_npz, tmp_path):
         train_script.main(train_args(tmp_path / "r", tmp_path / "missing.npz", "data.dataset=npz"))
     with pytest.raises(ConfigError, match="larger than the training split"):
         train_script.main(train_args(tmp_path / "r", synthetic_npz, "train.batch_size=128"))
+    with pytest.raises(ConfigError, match="data.dataset.*'cifar' is not one of"):
+        train_script.main(train_args(tmp_path / "r", synthetic_npz, "data.dataset=cifar"))
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint folder"):
         train_script.main(train_args(tmp_path / "r", synthetic_npz, f"resume={tmp_path}/nowhere"))
     result = subprocess.run([sys.executable, str(ROOT / "stage1_tokenizer" / "train.py"), "--config",
                              str(TINY_CONFIG), "train.max_stepz=3", *QUIET], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "Did you mean 'train.max_steps'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_training_curves_plot(synthetic_npz, tmp_path):
+    from stage1_tokenizer.plots import plot_run
+
+    run = tmp_path / "run"
+    train_script.main(train_args(run, synthetic_npz, "train.max_steps=4", "train.batch_size=16", "train.log_every=1"))
+    out = plot_run(run, tmp_path / "curves.png")
+    assert out.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="no metrics"):
+        plot_run(tmp_path, tmp_path / "x.png")

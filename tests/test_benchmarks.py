@@ -1,0 +1,24 @@
+"""The benchmark script runs end to end at a tiny size and writes its table (timings are not asserted)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_stage1_benchmark_writes_a_table(tmp_path):
+    out = tmp_path / "bench.md"
+    out.write_text("# Stage-1 training-step benchmarks\n\n## CUDA: some GPU\n\nkept\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_stage1.py"), "--configs", "small", "--variants", "fp32",
+           "bf16", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--threads", "1", "--device", "cpu",
+           "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert "## CPU" in text and "## CUDA: some GPU" in text and "kept" in text  # other device's section kept
+    rows = [line for line in text.splitlines() if line.startswith("| small |")]
+    assert len(rows) == 2 and "fp32 eager" in rows[0] and "bf16 autocast" in rows[1]
+    assert "1.00x" in rows[0]
