@@ -52,8 +52,10 @@ class DecoderBlock(_ResBlock):
         super().__init__(in_channels, out_channels, post_gain, kernels=(1, 3, 3, 3))
 
 
-def init_conv_weights(module: nn.Module, std: float = 0.02) -> None:
-    """The release's initialisation: conv weights ~ N(0, std); biases keep PyTorch's default."""
+def init_conv_weights(module: nn.Module, std: float = 0.02, zero_bias: bool = False) -> None:
+    """The release's initialisation: conv weights ~ N(0, std); biases keep PyTorch's default unless ``zero_bias``."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, mean=0.0, std=std)
+            if zero_bias and m.bias is not None:
+                nn.init.zeros_(m.bias)

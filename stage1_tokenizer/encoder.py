@@ -19,7 +19,7 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, image_channels: int, channels: int, channel_mults: Sequence[int],
-                 blocks_per_group: int, first_kernel: int, out_channels: int):
+                 blocks_per_group: int, first_kernel: int, out_channels: int, zero_bias: bool = False):
         super().__init__()
         post_gain = 1.0 / (len(channel_mults) * blocks_per_group) ** 2
         layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -35,7 +35,7 @@ class Encoder(nn.Module):
             layers[f"group_{g}"] = nn.Sequential(group)
         layers["output"] = nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=conv(width, out_channels, 1)))
         self.blocks = nn.Sequential(layers)
-        init_conv_weights(self)
+        init_conv_weights(self, zero_bias=zero_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)

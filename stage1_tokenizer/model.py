@@ -53,19 +53,21 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
 
     def __init__(self, quantizer: str = "edvae", image_channels: int = 3, channels: int = 128,
                  channel_mults: list[int] | tuple[int, ...] = (1, 2, 4), blocks_per_group: int = 2,
-                 first_kernel: int = 3, codebook_size: int = 512, codebook_dim: int = 16, clamp_max: float = 20.0):
+                 first_kernel: int = 3, codebook_size: int = 512, codebook_dim: int = 16, clamp_max: float = 20.0,
+                 conv_bias_init: str = "default"):
         super().__init__()
         self.config = ModelConfig(quantizer=quantizer, image_channels=image_channels, channels=channels,
                                   channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
                                   first_kernel=first_kernel, codebook_size=codebook_size,
-                                  codebook_dim=codebook_dim, clamp_max=clamp_max)
+                                  codebook_dim=codebook_dim, clamp_max=clamp_max, conv_bias_init=conv_bias_init)
         cfg = self.config
         quantizer_cls = get_quantizer_class(cfg.quantizer)
         self.encoder = Encoder(cfg.image_channels, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
-                               cfg.first_kernel, quantizer_cls.encoder_channels(cfg.codebook_size, cfg.codebook_dim))
+                               cfg.first_kernel, quantizer_cls.encoder_channels(cfg.codebook_size, cfg.codebook_dim),
+                               zero_bias=cfg.conv_bias_init == "zero")
         self.quantizer = quantizer_cls.from_config(cfg)
         self.decoder = Decoder(cfg.codebook_dim, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
-                               cfg.image_channels)
+                               cfg.image_channels, zero_bias=cfg.conv_bias_init == "zero")
         # What save_pretrained() writes to config.json: the model fields plus a kind marker.
         self._hub_mixin_config = {"model_type": MODEL_TYPE, **asdict(cfg)}
 

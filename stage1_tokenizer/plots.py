@@ -37,7 +37,8 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
     axes[1].plot(steps, [r["perplexity_window"] for r in train], label="train window")
     axes[1].plot([r["step"] for r in test], [r["perplexity_split"] for r in test], "o-", label="test split")
     axes[1].set(title="codebook perplexity (hard codes)", xlabel="step", ylim=(0, None))
-    axes[2].plot(steps, [r["uncertainty"] for r in train], color="tab:red", label="uncertainty u = K/S")
+    uncertainty = [r["uncertainty"] if r.get("uncertainty") is not None else float("nan") for r in train]
+    axes[2].plot(steps, uncertainty, color="tab:red", label="uncertainty u = K/S (EdVAE only)")
     axes[2].set(title="evidential uncertainty vs perplexity", xlabel="step")
     twin = axes[2].twinx()
     twin.plot(steps, [r["perplexity_window"] for r in train], color="tab:blue", alpha=0.6, label="perplexity (window)")

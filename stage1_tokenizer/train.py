@@ -224,9 +224,11 @@ def main(argv: list[str] | None = None) -> Path:
             record = {"step": state.step, "loss": sums[0].item(), "mse": sums[1].item(), "kl": sums[2].item(),
                       "beta": beta, "tau": tau, "lr": lr, "perplexity": perplexity(counts),
                       "codes_used": codes_used(counts), "perplexity_window": perplexity(window_counts),
-                      "codes_used_window": codes_used(window_counts), "uncertainty": sums[3].item(),
+                      "codes_used_window": codes_used(window_counts),
+                      "uncertainty": sums[3].item() if out.uncertainty is not None else None,
                       "images_per_s": images_seen * accelerator.num_processes / max(elapsed, 1e-9)}
-            accelerator.log({f"train/{key}": v for key, v in record.items() if key != "step"}, step=state.step)
+            accelerator.log({f"train/{key}": v for key, v in record.items() if key != "step" and v is not None},
+                            step=state.step)
             log.write({"split": "train", **record})
             progress.set_postfix(mse=f"{record['mse']:.4f}", ppl=f"{record['perplexity']:.1f}")
             window_counts.zero_()
@@ -242,6 +244,10 @@ def main(argv: list[str] | None = None) -> Path:
                                  if isinstance(v, (int, float)) and v is not None}, step=state.step)
                 log.write({"split": "test", "step": state.step, **result.metrics})
                 if accelerator.is_main_process and is_final:
+                    m = result.metrics
+                    logger.info("test split at step %d: mse %.5f, psnr %.2f dB, perplexity %.1f (split) / %.1f "
+                                "(per 128), %d codes used, %d images", state.step, m["mse"], m["psnr"],
+                                m["perplexity_split"], m["perplexity_batch"], m["codes_used"], m["n_images"])
                     write_json(run_dir / "metrics.json", {"step": state.step, **result.metrics})
                     save_usage_histogram(result.counts, str(run_dir / "codebook_usage.png"))
             else:

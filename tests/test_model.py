@@ -29,6 +29,9 @@ def test_layer_structure_is_the_papers():
     assert tuple(model.quantizer.codebook.shape) == (512, 16)
     conv_w = names["encoder.blocks.group_2.block_1.res_path.conv_2"].weight
     assert abs(conv_w.std().item() - 0.02) < 0.002  # N(0, 0.02) init
+    assert names["encoder.blocks.input"].bias.abs().sum() > 0  # PyTorch's default biases, as the release
+    zero = EdVAE(channels=8, conv_bias_init="zero")
+    assert all(m.bias.abs().sum() == 0 for m in zero.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 @pytest.mark.parametrize("size,grid", [(32, 8), (64, 16), (128, 32)])

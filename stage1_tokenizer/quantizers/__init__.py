@@ -6,10 +6,13 @@ from edvae_common.config import ConfigError
 
 from .base import Quantizer, QuantizerOutput
 from .dirichlet import kl_dirichlet_uniform
+from .dvae import GumbelQuantizer
 from .edvae import DirichletQuantizer
+from .gs_vqvae import GumbelVQQuantizer
+from .vqvae_ema import EMAVectorQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {
-    DirichletQuantizer.name: DirichletQuantizer,
+    cls.name: cls for cls in (DirichletQuantizer, GumbelQuantizer, GumbelVQQuantizer, EMAVectorQuantizer)
 }
 
 
@@ -23,4 +26,4 @@ def get_quantizer_class(name: str) -> type[Quantizer]:
         ) from None
 
 
-__all__ = ["QUANTIZERS", "DirichletQuantizer", "Quantizer", "QuantizerOutput", "get_quantizer_class", "kl_dirichlet_uniform"]
+__all__ = ["QUANTIZERS", "DirichletQuantizer", "EMAVectorQuantizer", "GumbelQuantizer", "GumbelVQQuantizer", "Quantizer", "QuantizerOutput", "get_quantizer_class", "kl_dirichlet_uniform"]

@@ -40,3 +40,28 @@ class Quantizer(nn.Module):
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) code indices -> (B, D, h, w) codebook vectors."""
         return self.codebook[indices].permute(0, 3, 1, 2).contiguous()
+
+
+def gumbel_codes(log_probs: torch.Tensor, codebook: torch.Tensor, tau: float, training: bool, codes: str,
+                 argmax_scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and decoder inputs from per-position log-probabilities (B, K, h, w), in float32.
+
+    training: a Gumbel-softmax relaxed one-hot sample at temperature ``tau``,
+              z_q = soft @ codebook, hard codes = its argmax (distributed as Cat(p)).
+    eval:     ``codes='argmax'`` (of ``argmax_scores``, default the log-probabilities)
+              or ``'sample'`` (z ~ Cat(p)); z_q = codebook[z].
+    Returns (z_q (B, D, h, w), indices (B, h, w)).
+    """
+    if training:
+        gumbel = -torch.empty_like(log_probs).exponential_().log()
+        soft = torch.softmax((log_probs + gumbel) / tau, dim=1)
+        return torch.einsum("bkhw,kd->bdhw", soft, codebook.float()), soft.argmax(dim=1)
+    if codes == "argmax":
+        indices = (log_probs if argmax_scores is None else argmax_scores).argmax(dim=1)
+    elif codes == "sample":
+        b, k, h, w = log_probs.shape
+        flat = log_probs.permute(0, 2, 3, 1).reshape(-1, k)
+        indices = torch.multinomial(flat.softmax(dim=-1), 1).view(b, h, w)
+    else:
+        raise ValueError(f"codes must be 'argmax' or 'sample', got {codes!r}")
+    return codebook[indices].permute(0, 3, 1, 2).float(), indices

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, gumbel_codes
 from .dirichlet import kl_dirichlet_uniform
 
 
@@ -54,22 +54,8 @@ class DirichletQuantizer(Quantizer):
             # 2. KL to the flat Dirichlet prior, per position, averaged (float64: see dirichlet.py).
             kl_dtype = torch.float32 if z_e.device.type == "mps" else torch.float64
             kl = kl_dirichlet_uniform(alpha.to(kl_dtype), dim=1).mean().float()
-            if self.training:
-                # 3a. Gumbel-softmax relaxed one-hot sample at temperature tau.
-                gumbel = -torch.empty_like(log_pi).exponential_().log()
-                soft = torch.softmax((log_pi + gumbel) / tau, dim=1)
-                z_q = torch.einsum("bkhw,kd->bdhw", soft, self.codebook.float())
-                indices = soft.argmax(dim=1)                                    # hard codes, for perplexity
-            else:
-                # 3b. Hard codes: argmax of the logits, or a draw from Cat(pi).
-                if codes == "argmax":
-                    indices = logits.argmax(dim=1)
-                elif codes == "sample":
-                    b, k, h, w = log_pi.shape
-                    flat = log_pi.permute(0, 2, 3, 1).reshape(-1, k)
-                    indices = torch.multinomial(flat.exp(), 1).view(b, h, w)
-                else:
-                    raise ValueError(f"codes must be 'argmax' or 'sample', got {codes!r}")
-                z_q = self.embed(indices)
+            # 3. Training: Gumbel-softmax relaxed sample over pi at temperature tau. Evaluation: hard codes,
+            #    the argmax of the (unclamped) logits, or a draw z ~ Cat(pi) (Algorithm 2).
+            z_q, indices = gumbel_codes(log_pi, self.codebook, tau, self.training, codes, argmax_scores=logits)
         zero = torch.zeros((), device=z_e.device)
         return QuantizerOutput(z_q=z_q, indices=indices, kl=kl, aux_loss=zero, uncertainty=uncertainty)
