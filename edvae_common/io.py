@@ -71,6 +71,19 @@ def side_by_side(originals: torch.Tensor, reconstructions: torch.Tensor) -> torc
     return torch.cat(rows, dim=0)
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def load_image(path: str | Path) -> torch.Tensor:
     """Load an image file as a float (3, H, W) tensor in [0, 1] (RGB)."""
     from PIL import Image, UnidentifiedImageError

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import torch
 
+from edvae_common.io import save_figure
+
 from .metrics import code_counts, codes_used, perplexity, psnr_from_mse
 
 PERPLEXITY_BATCH = 128  # the paper's metric: perplexity per batch of 128 test images, averaged
@@ -98,12 +100,4 @@ def save_usage_histogram(counts: torch.Tensor, path: str, title: str = "codebook
     ax.set_title(f"{title}: {used}/{len(counts)} codes used, perplexity {perplexity(counts):.1f}")
     ax.set_xlim(-0.5, len(freq) - 0.5)
     fig.tight_layout()
-    from pathlib import Path
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path) + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    import os
-
-    os.replace(tmp, path)
+    save_figure(fig, path)

@@ -11,9 +11,9 @@ perplexity (the paper's Figure 6 tracks the two together).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from edvae_common.io import save_figure
 from edvae_common.runs import MetricsLog
 
 
@@ -47,13 +47,7 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
     for ax in axes[:2]:
         ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> None:

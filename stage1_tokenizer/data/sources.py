@@ -270,7 +270,7 @@ def load_lsun_church(root: str, split: str, cfg: DataConfig, preprocess: Preproc
 
 
 NAMED_LOADERS = {"cifar10": load_cifar10, "celeba": load_celeba, "lsun_church": load_lsun_church}
-NATIVE_LAYOUT = {"cifar10": "cifar-10-batches-py", "celeba": "celeba", "lsun_church": "church_outdoor_train_lmdb"}
+NATIVE_LAYOUT = {"cifar10": "cifar-10-batches-py", "lsun_church": "church_outdoor_train_lmdb"}  # celeba: _celeba_dir
 
 
 def _uses_generic_loader(name: str, root: Path, download: bool) -> bool:
