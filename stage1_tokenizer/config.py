@@ -19,6 +19,9 @@ DATASETS = ("cifar10", "celeba", "lsun_church", "npz", "folder", "hf", "auto")
 @dataclass
 class ModelConfig:
     quantizer: str = "edvae"          # registry name, see stage1_tokenizer/quantizers
+    # 'edvae': Appendix D.2 networks (all quantizers by default); 'vqvae': the VQ-VAE paper's own networks
+    # (the EdVAE paper's setting for VQ-VAE-EMA and GS-VQ-VAE; uses channels as hidden width, 4x downsampling)
+    architecture: str = "edvae"
     image_channels: int = 3
     channels: int = 128               # n in Appendix D.2
     channel_mults: List[int] = field(default_factory=lambda: [1, 2, 4])  # one group per entry
@@ -32,6 +35,10 @@ class ModelConfig:
     conv_bias_init: str = "default"
 
     def __post_init__(self) -> None:
+        check(self.architecture in ("edvae", "vqvae"), "model.architecture",
+              f"must be 'edvae' or 'vqvae', got '{self.architecture}'")
+        check(self.architecture != "vqvae" or (self.channels >= 8 and self.channels % 8 == 0), "model.channels",
+              f"the vqvae architecture needs a multiple of 8, got {self.channels}")
         check(self.image_channels > 0, "model.image_channels", f"must be positive, got {self.image_channels}")
         check(self.channels > 0, "model.channels", f"must be positive, got {self.channels}")
         check(len(self.channel_mults) >= 1, "model.channel_mults", "needs at least one group")
@@ -50,7 +57,7 @@ class ModelConfig:
     @property
     def downsample(self) -> int:
         """Image side / token-grid side."""
-        return 2 ** (len(self.channel_mults) - 1)
+        return 4 if self.architecture == "vqvae" else 2 ** (len(self.channel_mults) - 1)
 
 
 @dataclass

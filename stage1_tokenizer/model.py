@@ -27,6 +27,7 @@ from .config import ModelConfig, Stage1Config
 from .decoder import Decoder
 from .encoder import Encoder
 from .quantizers import get_quantizer_class
+from .vqvae_arch import VQVAEDecoder, VQVAEEncoder
 
 MODEL_TYPE = "edvae_tokenizer"
 WEIGHTS_NAME = "model.safetensors"
@@ -51,23 +52,31 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
     file or a mapping.
     """
 
-    def __init__(self, quantizer: str = "edvae", image_channels: int = 3, channels: int = 128,
-                 channel_mults: list[int] | tuple[int, ...] = (1, 2, 4), blocks_per_group: int = 2,
+    def __init__(self, quantizer: str = "edvae", architecture: str = "edvae", image_channels: int = 3,
+                 channels: int = 128, channel_mults: list[int] | tuple[int, ...] = (1, 2, 4), blocks_per_group: int = 2,
                  first_kernel: int = 3, codebook_size: int = 512, codebook_dim: int = 16, clamp_max: float = 20.0,
                  conv_bias_init: str = "default"):
         super().__init__()
-        self.config = ModelConfig(quantizer=quantizer, image_channels=image_channels, channels=channels,
-                                  channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
+        self.config = ModelConfig(quantizer=quantizer, architecture=architecture, image_channels=image_channels,
+                                  channels=channels, channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
                                   first_kernel=first_kernel, codebook_size=codebook_size,
                                   codebook_dim=codebook_dim, clamp_max=clamp_max, conv_bias_init=conv_bias_init)
         cfg = self.config
         quantizer_cls = get_quantizer_class(cfg.quantizer)
-        self.encoder = Encoder(cfg.image_channels, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
-                               cfg.first_kernel, quantizer_cls.encoder_channels(cfg.codebook_size, cfg.codebook_dim),
-                               zero_bias=cfg.conv_bias_init == "zero")
+        code_channels = quantizer_cls.encoder_channels(cfg.codebook_size, cfg.codebook_dim)
+        zero_bias = cfg.conv_bias_init == "zero"
+        # Built in the order encoder, quantizer, decoder (the order their random inits are drawn in).
+        if cfg.architecture == "vqvae":
+            self.encoder = VQVAEEncoder(cfg.image_channels, cfg.channels, code_channels)
+        else:
+            self.encoder = Encoder(cfg.image_channels, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
+                                   cfg.first_kernel, code_channels, zero_bias=zero_bias)
         self.quantizer = quantizer_cls.from_config(cfg)
-        self.decoder = Decoder(cfg.codebook_dim, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
-                               cfg.image_channels, zero_bias=cfg.conv_bias_init == "zero")
+        if cfg.architecture == "vqvae":
+            self.decoder = VQVAEDecoder(cfg.codebook_dim, cfg.channels, cfg.image_channels)
+        else:
+            self.decoder = Decoder(cfg.codebook_dim, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
+                                   cfg.image_channels, zero_bias=zero_bias)
         # What save_pretrained() writes to config.json: the model fields plus a kind marker.
         self._hub_mixin_config = {"model_type": MODEL_TYPE, **asdict(cfg)}
 

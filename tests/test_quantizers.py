@@ -86,3 +86,26 @@ def test_baselines_save_and_load(name, tmp_path):
     loaded = EdVAE.from_pretrained(tmp_path / name)
     x = torch.rand(2, 3, 32, 32)
     assert loaded.config.quantizer == name and torch.equal(loaded.encode(x), model.encode(x))
+
+
+@pytest.mark.parametrize("name", ["vqvae_ema", "gs_vqvae"])
+def test_the_vqvae_papers_architecture(name):
+    model = EdVAE(quantizer=name, architecture="vqvae", channels=32).train()
+    names = dict(model.named_modules())
+    assert names["encoder.blocks.down_1"].stride == (2, 2) and names["encoder.blocks.down_1"].kernel_size == (4, 4)
+    assert names["encoder.blocks.output"].out_channels == 16
+    assert isinstance(names["decoder.blocks.up_2"], torch.nn.ConvTranspose2d)
+    out = model(torch.rand(2, 3, 32, 32), tau=1.0)
+    assert out.recon.shape == (2, 3, 32, 32) and out.indices.shape == (2, 8, 8)
+    (out.mse + out.aux_loss + 1e-3 * out.kl).backward()
+    assert model.encoder.blocks.down_1.weight.grad.abs().sum() > 0
+    assert model.grid_shape(64) == (16, 16)
+
+
+def test_architecture_name_is_checked():
+    from edvae_common import ConfigError
+
+    with pytest.raises(ConfigError, match="model.architecture"):
+        EdVAE(architecture="resnet")
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        EdVAE(architecture="vqvae", channels=12)
