@@ -22,6 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from edvae_common.cli import run_cli
 from edvae_common.config import ConfigError, load_config
 from edvae_common.io import atomic_write_text, read_json, save_figure, write_json
 from edvae_common.runs import MetricsLog
@@ -131,15 +132,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [run_one(args, cfg, q, s, beta[q]) for q in args.quantizers for s in args.seeds]
     root = Path(cfg.output_dir)
     command = "python -m stage1_tokenizer.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    table = summary_table(rows, cfg, command)
     write_json(root / "results.json", rows)
-    atomic_write_text(root / "results.md", summary_table(rows, cfg, command) + "\n![curves](curves.png)\n")
+    atomic_write_text(root / "results.md", table + "\n![curves](curves.png)\n")
     plot_curves(rows, root / "curves.png")
-    print(summary_table(rows, cfg, command))
+    print(table)
     return rows
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+    run_cli(main)

@@ -29,12 +29,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from edvae_common.accel import make_accelerator
+from edvae_common.cli import run_cli
 from edvae_common.config import ConfigError, load_config
-from edvae_common.hub import CheckpointError
 from edvae_common.io import read_json, save_image_grid, side_by_side, write_json
 
 from .config import DataConfig, Stage1Config
-from .data import DataNotFoundError, build_dataset
+from .data import build_dataset
 from .data.sources import GENERIC, NAMED
 from .evaluation import evaluate_tokenizer, save_usage_histogram
 from .model import TRAINING_DATA_FILE, EdVAE
@@ -113,7 +113,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, CheckpointError, DataNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(main)

@@ -283,12 +283,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    from edvae_common.hub import CheckpointError
-    from stage1_tokenizer.data import DataNotFoundError
+    from edvae_common.cli import run_cli
 
-    try:
-        main()
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
-    except (DataNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(main)

@@ -38,3 +38,16 @@ def test_compare_rejects_unknown_quantizers_and_bad_betas(tmp_path):
         compare.main(["--config", str(TINY_CONFIG), "--quantizers", "vq"])
     with pytest.raises(ConfigError, match="--beta expects NAME=VALUE"):
         compare.main(["--config", str(TINY_CONFIG), "--quantizers", "dvae", "--beta", "dvae:1"])
+
+
+def test_compare_cli_reports_missing_data_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "stage1_tokenizer.compare", "--config", str(TINY_CONFIG),
+                             "--quantizers", "dvae", f"output_dir={tmp_path}/c", f"data.path={tmp_path}/none.npz",
+                             *QUIET], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "error: no .npz file" in result.stderr
+    assert "Traceback" not in result.stderr
