@@ -6,7 +6,11 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/stage1/tiny.yaml
 ARGS ?=
 
-.PHONY: venv train evaluate test bench clean-venv
+.PHONY: venv train tokens prior sample pipeline evaluate test bench clean-venv
+STAGE1 ?= runs/stage1/tiny
+STAGE2_CONFIG ?= configs/stage2/tiny.yaml
+TOKENS ?= runs/tokens/tiny
+PRIOR ?= runs/stage2/tiny
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +23,19 @@ venv: $(VENV)/.installed
 train: $(VENV)/.installed  ## train a stage-1 tokenizer: make train [CONFIG=...] [ARGS="key=value ..."]
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		stage1_tokenizer/train.py --config $(CONFIG) $(ARGS)
+
+tokens: $(VENV)/.installed  ## encode the tokenizer's training data once: make tokens [STAGE1=... TOKENS=...]
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		stage2_prior/extract_tokens.py --tokenizer $(STAGE1)/tokenizer --out $(TOKENS)
+
+prior: $(VENV)/.installed  ## train a prior: make prior [STAGE2_CONFIG=... TOKENS=... PRIOR=... ARGS="key=value ..."]
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		stage2_prior/train.py --config $(STAGE2_CONFIG) data.tokens=$(TOKENS) output_dir=$(PRIOR) $(ARGS)
+
+sample: $(VENV)/.installed  ## sample 16 images: make sample [PRIOR=... STAGE1=...]
+	$(PY) -m stage2_prior.sample --prior $(PRIOR)/prior --tokenizer $(STAGE1)/tokenizer --num 16 --out runs/samples/$(notdir $(PRIOR))
+
+pipeline: train tokens prior sample  ## toy end to end on a CPU: tokenizer, tokens, prior, samples
 
 test: $(VENV)/.installed  ## run the tests (offline, CPU)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)

@@ -93,7 +93,8 @@ class TrainConfig:
     # KL weight: cosine ramp 0 -> beta_max over beta_warmup_steps
     beta_max: float = 5e-7
     beta_warmup_steps: int = 5_000
-    # Gumbel-softmax temperature tau = exp(-tau_decay * step), floored at tau_min
+    # Gumbel-softmax temperature tau = tau_init * exp(-tau_decay * step), floored at tau_min
+    tau_init: float = 1.0             # the paper's tau^[0] = 1; the dVAE ablation (E.1) uses 1, 2 and 5
     tau_decay: float = 1e-5
     tau_min: float = 0.0
     # multiplies every schedule horizon (beta ramp, lr decay, tau decay) so short runs see the whole schedule
@@ -113,6 +114,8 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if str(self.mixed_precision).lower() in ("false", "no", "none"):  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
         check(self.max_steps > 0, "train.max_steps", f"must be positive, got {self.max_steps}")
         check(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
         check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
@@ -120,6 +123,7 @@ class TrainConfig:
         check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision",
               f"must be one of {MIXED_PRECISION}, got '{self.mixed_precision}'")
         check(self.lr > 0 and self.lr_min >= 0, "train.lr", "lr must be > 0 and lr_min >= 0")
+        check(self.tau_init > 0, "train.tau_init", f"must be positive, got {self.tau_init}")
         check(self.schedule_scale > 0, "train.schedule_scale", f"must be positive, got {self.schedule_scale}")
         check(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker",
               f"must be tensorboard, wandb or none, got '{self.tracker}'")

@@ -32,6 +32,7 @@ from edvae_common.accel import make_accelerator
 from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
 from edvae_common.io import save_image_grid, side_by_side, write_json
 from edvae_common.runs import MetricsLog, list_checkpoints, resolve_resume, save_checkpoint
+from edvae_common.training import TrainState, check_resumed_config, infinite_batches
 from stage1_tokenizer.config import Stage1Config
 from stage1_tokenizer.data import EpochShuffleSampler, build_dataset
 from stage1_tokenizer.evaluation import evaluate_tokenizer, save_usage_histogram
@@ -43,37 +44,12 @@ logger = logging.getLogger("stage1.train")
 EXPORT_DIR = "tokenizer"
 
 
-class TrainState:
-    """The step counter, saved and restored with every checkpoint."""
-
-    def __init__(self) -> None:
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file, e.g. configs/stage1/cifar10.yaml")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (same as resume=...)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=1000")
     return parser.parse_args(argv)
-
-
-def infinite_batches(loader, sampler: EpochShuffleSampler, start_batch: int):
-    """Yield batches forever, starting ``start_batch`` micro-batches into the seeded epoch sequence."""
-    from accelerate import skip_first_batches
-
-    epoch, skip = divmod(start_batch, len(loader))
-    while True:
-        loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        yield from (skip_first_batches(loader, skip) if skip else loader)
-        epoch, skip = epoch + 1, 0
 
 
 def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
@@ -103,26 +79,6 @@ def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
 
     test_loaders = (test_loader(None), test_loader(t.eval_max_images), test_loader(32))
     return train_loader, test_loaders, sampler, len(train_set), len(test_set)
-
-
-def check_resumed_config(saved_path: Path, cfg: Stage1Config) -> None:
-    """On resume, refuse changed model settings and report other changed settings.
-
-    A resumed run equals an uninterrupted one only with unchanged settings;
-    changing ``train.max_steps`` to extend a run is the common, harmless case.
-    """
-    if not saved_path.is_file():
-        return
-    saved = flat_hparams(load_config(Stage1Config, saved_path))
-    now = flat_hparams(cfg)
-    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v and k != "resume"}
-    model_changes = sorted(k for k in changed if k.startswith("model."))
-    if model_changes:
-        raise ConfigError(f"cannot resume the run in '{saved_path.parent}' with other model settings: "
-                          + ", ".join(f"{k}: {changed[k][0]} -> {changed[k][1]}" for k in model_changes))
-    if changed:
-        logger.warning("resuming with settings that differ from %s: %s", saved_path,
-                       ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items())))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,6 +1,20 @@
-"""Stage 2: the autoregressive transformer prior over stage-1 tokens.
+"""Stage 2: an autoregressive transformer prior over stage-1 tokens.
 
-Not built yet: it is tracked as its own issue (token extraction, a transformers
-causal LM, sampling with the KV cache, FID). It will import the tokenizer only
-through ``stage1_tokenizer``'s public API.
+The pipeline (each step a script; see docs/stage2.md):
+
+1. ``extract_tokens.py``: encode a dataset once into token shards + a manifest (``tokens.py``);
+2. ``train.py``: train a ``transformers`` GPT-2 / Llama causal LM on them (``model.py``, ``sizes.py``);
+3. ``sample.py``: sample or complete images through ``generate()`` with the KV cache (``sampling.py``);
+4. ``fid.py``: FID of samples or reconstructions with a fixed protocol.
+
+The tokenizer is used only through ``stage1_tokenizer``'s public API.
 """
+
+from .model import PriorSpec, build_prior, load_prior
+from .sampling import complete_codes, complete_image, decode_codes, generate_codes, sample_images
+from .sizes import SIZES, PriorSize
+from .tokens import Manifest, TokenDataset, TokenizerFingerprint, TokenizerMismatchError
+
+__all__ = ["SIZES", "Manifest", "PriorSize", "PriorSpec", "TokenDataset", "TokenizerFingerprint",
+           "TokenizerMismatchError", "build_prior", "complete_codes", "complete_image", "decode_codes",
+           "generate_codes", "load_prior", "sample_images"]

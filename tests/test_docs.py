@@ -36,3 +36,11 @@ def test_every_stage1_config_key_is_documented():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     missing = [k for k in leaf_keys(Stage1Config) if f"`{k}`" not in doc]
     assert not missing, f"document these keys in docs/configuration.md: {missing}"
+
+
+def test_every_stage2_config_key_is_documented():
+    from stage2_prior.config import Stage2Config
+
+    doc = (ROOT / "docs" / "configuration_stage2.md").read_text()
+    missing = [k for k in leaf_keys(Stage2Config) if f"`{k}`" not in doc]
+    assert not missing, f"document these keys in docs/configuration_stage2.md: {missing}"

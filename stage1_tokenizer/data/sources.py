@@ -46,10 +46,15 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class ArrayDataset(Dataset):
-    """uint8 images (N, H, W, 3) in memory (e.g. from an ``.npz``), preprocessed on access."""
+    """uint8 images (N, H, W, 3) in memory (e.g. from an ``.npz``), preprocessed on access.
 
-    def __init__(self, images: np.ndarray, indices: np.ndarray, preprocess: Preprocess):
+    ``labels`` (class ids of the selected images, or None) is read by stage 2's token extraction.
+    """
+
+    def __init__(self, images: np.ndarray, indices: np.ndarray, preprocess: Preprocess,
+                 labels: np.ndarray | None = None):
         self.images, self.indices, self.preprocess = images, indices, preprocess
+        self.labels = None if labels is None else np.asarray(labels)[indices].astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -80,6 +85,11 @@ class WrappedDataset(Dataset):
     def __init__(self, base: Any, preprocess: Preprocess, key: str | None = None, indices: np.ndarray | None = None):
         self.base, self.preprocess, self.key = base, preprocess, key
         self.indices = indices
+        targets = getattr(base, "targets", None)  # torchvision classification datasets (CIFAR-10)
+        self.labels = None
+        if isinstance(targets, (list, np.ndarray)) and len(targets) == len(base):
+            labels = np.asarray(targets, dtype=np.int64)
+            self.labels = labels if indices is None else labels[indices]
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.base)
@@ -128,9 +138,13 @@ def load_npz(path: str, split: str, cfg: DataConfig, preprocess: Preprocess) -> 
             raise ValueError(f"'{path}' has no 'images' array (found keys: {', '.join(archive.files)}); "
                              "expected uint8 images of shape N x H x W x 3")
         images = archive["images"]
+        labels = archive["labels"] if "labels" in archive.files else None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"'{path}': 'images' must be uint8 of shape N x H x W x 3, got {images.dtype} {images.shape}")
-    return ArrayDataset(images, held_out_split(len(images), split, cfg.test_fraction, cfg.split_seed), preprocess)
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"'{path}': 'labels' has {len(labels)} entries for {len(images)} images")
+    return ArrayDataset(images, held_out_split(len(images), split, cfg.test_fraction, cfg.split_seed), preprocess,
+                        labels)
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -1,0 +1,159 @@
+"""Sampling from the prior with ``transformers``' ``generate()`` (KV cache), and image completion.
+
+``generate_codes`` draws token grids; ``complete_codes`` keeps the first rows of a
+grid and samples the rest. ``sample_images`` / ``complete_image`` add the
+tokenizer's decoder: these are what the CLI (``stage2_prior.sample``) and the
+app call.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from stage2_prior.model import PriorSpec
+
+
+class ClassifierFreeGuidance(LogitsProcessor):
+    """log p = log p_u + s (log p_c - log p_u), with the unconditional branch run on its own KV cache.
+
+    The conditional sequences start with a class token; the unconditional branch
+    sees the same tokens with BOS in its place (the prior was trained with class
+    dropout to BOS). Scale 1 is plain conditional sampling, 0 unconditional.
+    """
+
+    def __init__(self, model: Any, scale: float, bos_id: int):
+        self.model, self.scale, self.bos_id = model, float(scale), bos_id
+        self.cache = None
+        self.seen = 0  # tokens of the unconditional branch already in its cache
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.cache is None:  # first step: run the whole prompt, start token replaced by BOS
+            feed = input_ids.clone()
+            feed[:, 0] = self.bos_id
+        else:                   # later steps: only the tokens the cache has not seen
+            feed = input_ids[:, self.seen:]
+        mask = torch.ones_like(input_ids)  # the whole sequence so far: cached part + fed part
+        out = self.model(input_ids=feed, attention_mask=mask, cache=self.cache, use_cache=True)
+        self.cache, self.seen = out.cache, input_ids.shape[1]
+        cond = torch.log_softmax(scores.float(), dim=-1)
+        uncond = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        mixed = uncond + self.scale * (cond - uncond)
+        return torch.where(torch.isfinite(cond), mixed, cond)  # tokens masked for the cond branch stay masked
+
+
+def _generation_config(spec: PriorSpec, new_tokens: int, temperature: float, top_k: int | None,
+                       top_p: float | None, use_cache: bool) -> GenerationConfig:
+    """Every knob set explicitly, so no model default (e.g. top_k=50) leaks in."""
+    greedy = temperature == 0
+    return GenerationConfig(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens,  # always exactly the rest of the grid
+        do_sample=not greedy, temperature=None if greedy else float(temperature),
+        top_k=None if greedy else (top_k or 0), top_p=None if greedy else (top_p if top_p is not None else 1.0),
+        num_beams=1, use_cache=use_cache, bos_token_id=spec.bos_id, pad_token_id=spec.bos_id, eos_token_id=None,
+        suppress_tokens=list(range(spec.codebook_size, spec.vocab_size)),  # never sample BOS or class tokens
+    )
+
+
+@torch.no_grad()
+def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, seed: int | None = 0, batch_size: int = 16, cfg_scale: float = 1.0,
+                   class_label: int | None = None, prefix: torch.Tensor | None = None,
+                   use_cache: bool = True) -> torch.Tensor:
+    """Sample ``num`` token grids: a LongTensor (num, h, w) of codes in [0, K).
+
+    temperature 0 is greedy decoding; ``top_k`` / ``top_p`` filter as usual.
+    ``prefix`` (num or 1, n) fixes the first n codes of every grid (completion).
+    ``class_label`` conditions a class-conditional prior; ``cfg_scale`` > 1 adds
+    classifier-free guidance. The same ``seed`` (and batch size) gives the same grids.
+    """
+    # 1. Check the request against the prior.
+    if num <= 0 or batch_size <= 0:
+        raise ValueError(f"num and batch_size must be positive, got {num} and {batch_size}")
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 0):
+        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
+    if class_label is not None:
+        spec.class_token(class_label)  # raises for an unconditional prior or an unknown class
+    if cfg_scale != 1.0 and class_label is None:
+        raise ValueError("cfg_scale needs a class_label (guidance steers towards a class)")
+    h, w = spec.grid
+    device = next(prior.parameters()).device
+    prefix = torch.zeros(1, 0, dtype=torch.long) if prefix is None else prefix.long().reshape(prefix.shape[0], -1)
+    if prefix.shape[0] not in (1, num) or prefix.shape[1] >= h * w:
+        raise ValueError(f"prefix must be (1 or {num}, n < {h * w}) codes, got {tuple(prefix.shape)}")
+    if prefix.numel() and (prefix.min() < 0 or prefix.max() >= spec.codebook_size):
+        raise ValueError(f"prefix codes must be in [0, {spec.codebook_size})")
+    prefix = prefix.expand(num, -1).to(device)
+    config = _generation_config(spec, h * w - prefix.shape[1], temperature, top_k, top_p, use_cache)
+
+    # 2. Sample batch by batch under a private, seeded RNG (the caller's RNG state is left alone).
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else nullcontext()
+    grids = []
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        for lo in range(0, num, batch_size):
+            n = min(batch_size, num - lo)
+            # prompt = start token (BOS or the class token) followed by the fixed prefix codes
+            labels = None if class_label is None else torch.full((n,), class_label)
+            prompt = torch.cat([spec.start_tokens(labels, n, device), prefix[lo:lo + n]], dim=1)
+            processors = LogitsProcessorList(
+                [ClassifierFreeGuidance(prior, cfg_scale, spec.bos_id)] if cfg_scale != 1.0 else [])
+            out = prior.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                 generation_config=config, logits_processor=processors)
+            grids.append(out[:, 1:].reshape(n, h, w))  # drop the start token: prefix + sampled codes
+    return torch.cat(grids).cpu()
+
+
+def complete_codes(prior: Any, spec: PriorSpec, codes: torch.Tensor, keep_rows: int, variations: int = 4,
+                   **sampling: Any) -> torch.Tensor:
+    """Keep the first ``keep_rows`` rows of a (h, w) or (1, h, w) code grid; sample the rest ``variations`` times."""
+    h, w = spec.grid
+    codes = codes.reshape(-1, h, w) if codes.numel() == h * w else codes
+    if codes.shape != (1, h, w) and codes.shape != (h, w):
+        raise ValueError(f"expected one ({h}, {w}) code grid, got {tuple(codes.shape)}")
+    if not 0 <= keep_rows < h:
+        raise ValueError(f"keep_rows must be in [0, {h}), got {keep_rows}")
+    prefix = codes.reshape(1, h * w)[:, : keep_rows * w]
+    return generate_codes(prior, spec, variations, prefix=prefix, **sampling)
+
+
+@torch.no_grad()
+def decode_codes(tokenizer: Any, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(n, h, w) codes -> (n, 3, H, W) images in [0, 1], decoded on the tokenizer's device."""
+    device = next(tokenizer.parameters()).device
+    return torch.cat([tokenizer.decode(codes[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(codes), batch_size)])
+
+
+def sample_images(prior: Any, spec: PriorSpec, tokenizer: Any, num: int, **sampling: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``num`` images; returns (images (num, 3, H, W) in [0, 1], codes (num, h, w))."""
+    spec.check_tokenizer(tokenizer)
+    codes = generate_codes(prior, spec, num, **sampling)
+    return decode_codes(tokenizer, codes), codes
+
+
+@torch.no_grad()
+def complete_image(prior: Any, spec: PriorSpec, tokenizer: Any, image: torch.Tensor, keep_rows: int,
+                   variations: int = 4, **sampling: Any) -> dict[str, torch.Tensor]:
+    """Encode ``image`` (3, H, W) in [0, 1], keep its first ``keep_rows`` token rows, sample the rest.
+
+    Returns ``completions`` (variations, 3, H, W), ``reconstruction`` (1, 3, H, W: the image
+    through the tokenizer), ``kept`` (the reconstruction with the rows to be sampled greyed out)
+    and ``codes`` (variations, h, w).
+    """
+    spec.check_tokenizer(tokenizer)
+    size = spec.tokenizer.image_size
+    if image.dim() != 3 or image.shape[0] != 3 or tuple(image.shape[1:]) != (size, size):
+        raise ValueError(f"expected one image of shape (3, {size}, {size}) for this prior, got {tuple(image.shape)}")
+    device = next(tokenizer.parameters()).device
+    codes = tokenizer.encode(image[None].to(device)).cpu()
+    completions = complete_codes(prior, spec, codes, keep_rows, variations, **sampling)
+    recon = decode_codes(tokenizer, codes)
+    kept = recon.clone()
+    kept[:, :, keep_rows * tokenizer.downsample:] = 0.5
+    return {"completions": decode_codes(tokenizer, completions), "reconstruction": recon, "kept": kept,
+            "codes": completions}

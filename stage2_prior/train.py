@@ -1,0 +1,286 @@
+"""Train the autoregressive prior over extracted tokens with Accelerate (CPU, one GPU, several GPUs).
+
+    accelerate launch stage2_prior/train.py --config configs/stage2/celeba.yaml \
+        [data.tokens=runs/tokens/celeba] [model.size=base] [key=value ...] [--resume latest]
+
+Inputs: a token folder from ``extract_tokens.py`` (``data.tokens``). The run folder
+(``output_dir``) receives the resolved config, checkpoints, TensorBoard logs,
+``metrics.jsonl`` (train loss and validation NLL in bits per token), sample grids
+decoded by the tokenizer and, at the end, the prior in ``output_dir/prior``
+(``stage2_prior.load_prior``; ``transformers``' ``from_pretrained`` also reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from edvae_common.accel import make_accelerator
+from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
+from edvae_common.io import save_image_grid, write_json
+from edvae_common.runs import MetricsLog, list_checkpoints, resolve_resume, save_checkpoint
+from edvae_common.training import TrainState, check_resumed_config, infinite_batches
+from stage1_tokenizer.data import EpochShuffleSampler
+from stage2_prior.config import Stage2Config
+from stage2_prior.model import PriorSpec, build_prior
+from stage2_prior.schedule import EMA, prior_lr
+from stage2_prior.tokens import Manifest, TokenDataset
+
+logger = logging.getLogger("stage2.train")
+EXPORT_DIR = "prior"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/stage2/celeba.yaml")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (same as resume=...)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.tokens=runs/tokens/celeba")
+    return parser.parse_args(argv)
+
+
+def sequences(batch: dict, spec: PriorSpec, cfg_dropout: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token batch -> (input_ids, labels): [start token] + codes; the start token is never a target.
+
+    Conditional priors start with the class token, replaced by BOS for a ``cfg_dropout``
+    share of training sequences (so the model also learns p(x) for guidance).
+    """
+    codes = batch["codes"]
+    labels = batch["label"] if spec.conditional else None
+    if labels is not None and training and cfg_dropout > 0:
+        drop = torch.rand(labels.shape, device=labels.device) < cfg_dropout
+        labels = torch.where(drop, torch.full_like(labels, -1), labels)
+    ids = torch.cat([spec.start_tokens(labels, len(codes), codes.device), codes], dim=1)
+    targets = ids.clone()
+    targets[:, 0] = -100
+    return ids, targets
+
+
+@torch.no_grad()
+def validation_nll(model, loader, spec: PriorSpec, accelerator, max_batches: int | None) -> float:
+    """Mean negative log-likelihood of the codes in bits per token, over all processes."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed nats, tokens
+    for i, batch in enumerate(loader):  # always iterated to the end (Accelerate keeps loader state otherwise)
+        if max_batches is not None and i >= max_batches:
+            continue
+        ids, targets = sequences(batch, spec, 0.0, training=False)
+        with accelerator.autocast():
+            logits = model(input_ids=ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1),
+                                                reduction="sum")
+        total += torch.stack([nll.double(), torch.tensor(targets[:, 1:].numel(), dtype=torch.float64, device=nll.device)])
+    model.train()
+    total = accelerator.reduce(total, "sum")
+    return float(total[0] / total[1].clamp(min=1) / math.log(2))
+
+
+def sample_grid(model, spec: PriorSpec, cfg: Stage2Config, tokenizer, path: Path, seed: int) -> None:
+    """Decode a grid of samples with the tokenizer (main process only)."""
+    from stage2_prior.sampling import decode_codes, generate_codes
+
+    t = cfg.train
+    was_training = model.training
+    model.eval()
+    label = 0 if spec.conditional else None
+    codes = generate_codes(model, spec, t.sample_num, temperature=t.sample_temperature, top_k=t.sample_top_k,
+                           seed=seed, batch_size=t.sample_num, class_label=label)
+    save_image_grid(decode_codes(tokenizer, codes), path, nrow=int(math.ceil(math.sqrt(t.sample_num))))
+    model.train(was_training)
+
+
+def load_grid_tokenizer(cfg: Stage2Config, manifest: Manifest, device):
+    """The tokenizer for sample grids, or None (with a warning) when it is missing or does not match the tokens."""
+    from stage1_tokenizer.model import EdVAE
+
+    path = cfg.tokenizer or manifest.tokenizer.path
+    try:
+        tokenizer = EdVAE.from_pretrained(path).to(device).eval()
+        manifest.tokenizer.check(tokenizer, f"the token set '{cfg.data.tokens}'")
+        return tokenizer
+    except (OSError, ValueError) as err:
+        logger.warning("no sample grids in this run: the tokenizer '%s' cannot be used (%s). Set tokenizer=<folder>.",
+                       path, err)
+        return None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+    cfg = load_config(Stage2Config, args.config, overrides)
+    t = cfg.train
+    run_dir = Path(cfg.output_dir)
+
+    # 1. Accelerator: devices, processes, mixed precision, accumulation, trackers.
+    accelerator = make_accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
+        log_with=None if t.tracker == "none" else t.tracker,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(t.seed, device_specific=True)
+
+    # 2. Tokens and the prior's layout.
+    manifest = Manifest.load(cfg.data.tokens)
+    if cfg.model.class_conditional and manifest.num_classes == 0:
+        raise ConfigError(f"model.class_conditional=true needs labels, but the token set '{cfg.data.tokens}' has none")
+    spec = PriorSpec(manifest.tokenizer, num_classes=manifest.num_classes if cfg.model.class_conditional else 0)
+    train_set = TokenDataset(cfg.data.tokens, cfg.data.train_split)
+    val_set = TokenDataset(cfg.data.tokens, cfg.data.val_split) if cfg.data.val_split in manifest.splits else None
+    per_step = accelerator.num_processes * t.gradient_accumulation_steps
+    if t.batch_size % per_step:
+        raise ConfigError(f"invalid value for config key 'train.batch_size': {t.batch_size} is not divisible by "
+                          f"processes x gradient_accumulation_steps = {per_step}")
+    micro = t.batch_size // per_step
+    if len(train_set) < t.batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the token set ({len(train_set)} sequences)")
+
+    # 3. Model, optimizer (weight decay on matrices only), data loaders.
+    model = build_prior(spec, cfg.model)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(t.beta1, t.beta2))
+    sampler = EpochShuffleSampler(len(train_set), t.seed)
+    train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
+                              num_workers=cfg.data.num_workers, generator=torch.Generator())
+    loaders = [train_loader]
+    if val_set is not None:
+        loaders.append(DataLoader(val_set, batch_size=max(micro, 32), shuffle=False, num_workers=cfg.data.num_workers))
+    model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
+    train_loader, val_loader = loaders[0], (loaders[1] if val_set is not None else None)
+    unwrapped = accelerator.unwrap_model(model)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    ema = EMA(unwrapped, t.ema_decay) if t.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    # The tokenizer for sample grids is built before resuming: its construction draws random numbers.
+    tokenizer = load_grid_tokenizer(cfg, manifest, accelerator.device) if accelerator.is_main_process else None
+
+    # 4. Resume, or start a fresh run folder (the restored RNG states continue exactly where they were saved).
+    checkpoint = resolve_resume(run_dir, cfg.resume)
+    existing = list_checkpoints(run_dir)
+    if checkpoint is None and existing:
+        raise ConfigError(f"output_dir '{run_dir}' already holds checkpoints of a run (latest: step {existing[-1][0]}). "
+                          "Continue it with resume=latest, or pick another output_dir; nothing was changed.")
+    if checkpoint is not None:
+        check_resumed_config(run_dir / "config.yaml", cfg)
+        accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, state.step)
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        log.truncate_after(state.step)
+        n_params = sum(p.numel() for p in unwrapped.parameters())
+        logger.info("%d train / %s val sequences of %d tokens; %s %s (%.2fM parameters, vocab %d); %d processes; "
+                    "micro-batch %d; run folder %s", len(train_set), len(val_set) if val_set else 0, spec.seq_len,
+                    cfg.model.arch, cfg.model.size, n_params / 1e6, spec.vocab_size, accelerator.num_processes, micro,
+                    run_dir)
+    if t.tracker != "none":
+        accelerator.init_trackers("stage2", config=flat_hparams(cfg))
+
+    batches = infinite_batches(train_loader, sampler, state.step * t.gradient_accumulation_steps)
+    progress = tqdm(total=t.max_steps, initial=state.step, disable=not (accelerator.is_main_process and t.progress_bar),
+                    desc="stage2", dynamic_ncols=True)
+    tic, tokens_seen = time.perf_counter(), 0
+    model.train()
+
+    def evaluate_and_sample(step: int, final: bool) -> None:
+        """Validation NLL (and a sample grid) with the weights that will be exported."""
+        with ema.swapped(unwrapped) if ema is not None else nullcontext():
+            if val_loader is not None and (step % t.eval_every == 0 or final):
+                bpt = validation_nll(model, val_loader, spec, accelerator, None if final else t.eval_max_batches)
+                record = {"split": "val", "step": step, "nll_bits_per_token": bpt,
+                          "nll_bits_per_image": bpt * spec.seq_len, "full": final or t.eval_max_batches is None}
+                log.write(record)
+                accelerator.log({"val/nll_bits_per_token": bpt}, step=step)
+                if accelerator.is_main_process:
+                    logger.info("step %d: validation NLL %.4f bits/token", step, bpt)
+                    if final:
+                        write_json(run_dir / "metrics.json", record)
+            if tokenizer is not None and (step % t.sample_every == 0 or final):
+                sample_grid(unwrapped, spec, cfg, tokenizer, run_dir / "images" / f"samples_{step:08d}.png", seed=t.seed)
+        accelerator.wait_for_everyone()
+
+    # 5. The training loop: one iteration = one optimizer step over batch_size sequences.
+    while state.step < t.max_steps:
+        lr = prior_lr(state.step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for _ in range(t.gradient_accumulation_steps):
+            ids, targets = sequences(next(batches), spec, cfg.model.cfg_dropout, training=True)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = model(input_ids=ids, labels=targets).loss  # mean cross-entropy over h*w targets, nats
+                accelerator.backward(loss)
+                if t.grad_clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            tokens_seen += targets[:, 1:].numel()
+        if ema is not None:
+            ema.update(unwrapped)
+        state.step += 1
+        progress.update(1)
+
+        # 6. Logging, evaluation, sample grids, checkpoints.
+        if state.step % t.log_every == 0 or state.step == t.max_steps:
+            mean_loss = accelerator.reduce(loss_sum, "mean").item() / t.gradient_accumulation_steps
+            elapsed = time.perf_counter() - tic
+            record = {"step": state.step, "loss": mean_loss, "bits_per_token": mean_loss / math.log(2), "lr": lr,
+                      "tokens_per_s": tokens_seen * accelerator.num_processes / max(elapsed, 1e-9)}
+            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
+            log.write({"split": "train", **record})
+            progress.set_postfix(bpt=f"{record['bits_per_token']:.3f}")
+            tic, tokens_seen = time.perf_counter(), 0
+        final = state.step == t.max_steps
+        if state.step % t.eval_every == 0 or state.step % t.sample_every == 0 or final:
+            evaluate_and_sample(state.step, final)
+        if state.step % t.checkpoint_every == 0 or final:
+            save_checkpoint(accelerator, run_dir, state.step, t.checkpoints_total_limit)
+    progress.close()
+
+    # 7. Export the prior (EMA weights when enabled): a transformers folder with the tokenizer fingerprint inside.
+    export = run_dir / EXPORT_DIR
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        import shutil
+
+        tmp = run_dir / f".{EXPORT_DIR}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        with ema.swapped(unwrapped) if ema is not None else nullcontext():
+            unwrapped.save_pretrained(str(tmp))
+        write_json(tmp / "training.json", {"tokens": str(cfg.data.tokens), "steps": state.step,
+                                           "config": flat_hparams(cfg), "ema": bool(ema)})
+        if export.exists():
+            shutil.rmtree(export)
+        tmp.rename(export)
+        logger.info("exported the prior to %s", export)
+    accelerator.end_training()
+    return export
+
+
+if __name__ == "__main__":
+    from edvae_common.cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,190 @@
+"""The prior: training lowers NLL, exact resume, export ties to the tokenizer, sampling and completion."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edvae_common.config import ConfigError
+from edvae_common.hub import CheckpointError
+from stage2_prior import sample as sample_cli
+from stage2_prior import train as prior_train
+from stage2_prior.model import load_prior
+from stage2_prior.sampling import complete_codes, complete_image, generate_codes
+from stage2_prior.tokens import Manifest, TokenizerFingerprint, TokenizerMismatchError
+from tests.stage2_helpers import STAGE2_QUIET, make_image_npz, make_token_set, make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "stage2" / "tiny.yaml")
+
+
+def read_metrics(run: Path, split: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """A tokenizer, a learnable token set tied to it, and a tiny class-conditional prior trained on it."""
+    root = tmp_path_factory.mktemp("stage2")
+    data = make_image_npz(root / "images.npz")
+    tok = make_tokenizer(root / "tok", data)
+    fingerprint = TokenizerFingerprint.of(tok, 16, root / "tok")
+    tokens = make_token_set(root / "tokens", fingerprint)
+    run = root / "run"
+    prior_train.main(["--config", TINY, f"output_dir={run}", f"data.tokens={tokens}", "model.class_conditional=true",
+                      "train.max_steps=150", "train.eval_every=50", "train.sample_every=150", "train.log_every=10",
+                      *STAGE2_QUIET])
+    return {"root": root, "tok": tok, "tok_dir": root / "tok", "tokens": tokens, "run": run, "data": data}
+
+
+def test_training_lowers_validation_nll_and_exports(world: dict) -> None:
+    val = read_metrics(world["run"], "val")
+    assert [r["step"] for r in val] == [50, 100, 150]
+    log2_vocab = np.log2(32)
+    # the held-out NLL falls well below chance (5 bits) and keeps falling
+    assert val[-1]["nll_bits_per_token"] < 0.5 * log2_vocab
+    assert val[-1]["nll_bits_per_token"] < val[0]["nll_bits_per_token"]
+    train = read_metrics(world["run"], "train")
+    assert train[-1]["bits_per_token"] < train[0]["bits_per_token"]
+    assert (world["run"] / "images" / "samples_00000150.png").is_file()       # grid decoded by the tokenizer
+    prior, spec = load_prior(world["run"] / "prior", tokenizer=world["tok"])
+    assert spec.num_classes == 3 and spec.grid == (8, 8) and spec.vocab_size == 32 + 1 + 3
+    assert prior.config.n_positions == 65
+
+
+def test_resume_latest_equals_an_uninterrupted_run(world: dict, tmp_path: Path) -> None:
+    common = ["--config", TINY, f"data.tokens={world['tokens']}", "train.eval_every=1000", "train.sample_every=1000",
+              "train.checkpoint_every=10", "train.ema_decay=0.9", "model.dropout=0.1", *STAGE2_QUIET]
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    prior_train.main([*common, f"output_dir={straight}", "train.max_steps=20"])
+    # the same run, "killed" after its step-10 checkpoint: later checkpoints and the export are gone
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000020")
+    shutil.rmtree(resumed / "prior")
+    prior_train.main([*common, f"output_dir={resumed}", "train.max_steps=20", "resume=latest"])
+    steps = [r["step"] for r in read_metrics(resumed, "train")]
+    assert steps == sorted(set(steps)) and steps[-1] == 20              # the log was cut back, not duplicated
+    a, _ = load_prior(straight / "prior")
+    b, _ = load_prior(resumed / "prior")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_run_folder_and_config_errors(world: dict, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        prior_train.main(["--config", TINY, f"output_dir={world['run']}", f"data.tokens={world['tokens']}", *STAGE2_QUIET])
+    with pytest.raises(ConfigError, match="model.size"):
+        prior_train.main(["--config", TINY, f"output_dir={tmp_path}", f"data.tokens={world['tokens']}",
+                          "model.size=huge", *STAGE2_QUIET])
+    with pytest.raises(FileNotFoundError, match="extract_tokens"):
+        prior_train.main(["--config", TINY, f"output_dir={tmp_path}", f"data.tokens={tmp_path / 'none'}", *STAGE2_QUIET])
+
+
+def test_prior_refuses_another_tokenizer_and_wrong_folders(world: dict) -> None:
+    other = make_tokenizer(world["root"] / "tok_other", world["data"], seed=5)
+    with pytest.raises(TokenizerMismatchError, match="weights_hash"):
+        load_prior(world["run"] / "prior", tokenizer=other)
+    with pytest.raises(CheckpointError, match="not an EdVAE prior"):
+        load_prior(world["tok_dir"])
+    with pytest.raises(SystemExit, match="another tokenizer"):
+        from edvae_common.cli import run_cli
+
+        run_cli(lambda: sample_cli.main(["--prior", str(world["run"] / "prior"), "--tokenizer",
+                                         str(world["root"] / "tok_other"), "--out", str(world["root"] / "x")]))
+
+
+def test_sampling_contracts(world: dict) -> None:
+    prior, spec = load_prior(world["run"] / "prior")
+    greedy = generate_codes(prior, spec, 4, temperature=0, class_label=1)
+    assert greedy.shape == (4, 8, 8) and int(greedy.max()) < 32          # only image codes, never BOS / classes
+    assert torch.equal(generate_codes(prior, spec, 4, top_k=1, seed=7, class_label=1), greedy)  # top-k 1 = greedy
+    a = generate_codes(prior, spec, 6, seed=3, batch_size=4)
+    assert torch.equal(a, generate_codes(prior, spec, 6, seed=3, batch_size=4))                   # same seed
+    assert not torch.equal(a, generate_codes(prior, spec, 6, seed=4, batch_size=4))               # other seed
+    # the KV cache changes speed, not results
+    assert torch.equal(generate_codes(prior, spec, 3, temperature=0, use_cache=False, class_label=2),
+                       generate_codes(prior, spec, 3, temperature=0, class_label=2))
+    with pytest.raises(ValueError, match="out of range"):
+        generate_codes(prior, spec, 1, class_label=3)
+    with pytest.raises(ValueError, match="needs a class_label"):
+        generate_codes(prior, spec, 1, cfg_scale=2.0)
+
+
+def test_class_conditioning_and_guidance_follow_the_class(world: dict) -> None:
+    """Token rows of class c are (90%) the code table[c, row]; guided samples should show it."""
+    prior, spec = load_prior(world["run"] / "prior")
+    table = np.random.default_rng(123).integers(0, 32, size=(3, 8))  # as in pattern_sequences
+    for label in range(3):
+        codes = generate_codes(prior, spec, 8, seed=0, class_label=label, cfg_scale=3.0).numpy()
+        first_col = codes[:, :, 0]                                    # (8 samples, 8 rows)
+        assert (first_col == table[label][None]).mean() > 0.6, label
+
+
+def test_guidance_matches_its_formula(world: dict) -> None:
+    """One guided step by hand: log p_u + s (log p_c - log p_u), argmax."""
+    prior, spec = load_prior(world["run"] / "prior")
+    s = 2.5
+    out = generate_codes(prior, spec, 2, temperature=0, class_label=0, cfg_scale=s)
+    cond_prompt = torch.tensor([[spec.class_token(0)]] * 2)
+    uncond_prompt = torch.tensor([[spec.bos_id]] * 2)
+    with torch.no_grad():
+        lc = torch.log_softmax(prior(input_ids=cond_prompt).logits[:, -1].float(), -1)[:, :32]
+        lu = torch.log_softmax(prior(input_ids=uncond_prompt).logits[:, -1].float(), -1)[:, :32]
+    assert torch.equal(out[:, 0, 0], (lu + s * (lc - lu)).argmax(-1))
+
+
+def test_completion_keeps_the_given_rows(world: dict) -> None:
+    prior, spec = load_prior(world["run"] / "prior")
+    grid = generate_codes(prior, spec, 1, seed=1, class_label=0)[0]
+    out = complete_codes(prior, spec, grid, keep_rows=3, variations=5, seed=2, class_label=0)
+    assert out.shape == (5, 8, 8)
+    assert torch.equal(out[:, :3], grid[:3].expand(5, -1, -1))
+    image = torch.rand(3, 16, 16)
+    result = complete_image(prior, spec, world["tok"], image, keep_rows=4, variations=3, seed=0, class_label=0)
+    codes = world["tok"].encode(image[None])[0]
+    assert torch.equal(result["codes"][:, :4], codes[:4].expand(3, -1, -1))
+    assert result["completions"].shape == (3, 3, 16, 16)
+    with pytest.raises(ValueError, match="keep_rows"):
+        complete_codes(prior, spec, grid, keep_rows=8)
+    with pytest.raises(ValueError, match="expected one image"):
+        complete_image(prior, spec, world["tok"], torch.rand(3, 32, 32), keep_rows=2)
+
+
+def test_sample_cli_writes_images_npz_and_settings(world: dict, tmp_path: Path) -> None:
+    args = ["--prior", str(world["run"] / "prior"), "--tokenizer", str(world["tok_dir"]), "--num", "5",
+            "--batch-size", "2", "--seed", "11", "--class", "1", "--top-k", "10"]
+    sample_cli.main([*args, "--out", str(tmp_path / "a")])
+    sample_cli.main([*args, "--out", str(tmp_path / "b")])
+    with np.load(tmp_path / "a" / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
+        assert a["images"].shape == (5, 16, 16, 3) and a["images"].dtype == np.uint8
+        assert a["codes"].shape == (5, 8, 8)
+        assert np.array_equal(a["images"], b["images"])             # same seed, same images
+    assert len(list((tmp_path / "a" / "images").glob("*.png"))) == 5 and (tmp_path / "a" / "grid.png").is_file()
+    meta = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert meta["seed"] == 11 and meta["top_k"] == 10 and meta["class_label"] == 1
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "face.png")
+    sample_cli.main(["--prior", str(world["run"] / "prior"), "--tokenizer", str(world["tok_dir"]), "--num", "2",
+                     "--class", "0", "--complete", str(tmp_path / "face.png"), "--keep-rows", "2",
+                     "--out", str(tmp_path / "c")])
+    assert json.loads((tmp_path / "c" / "samples.json").read_text())["keep_rows"] == 2
+    assert (tmp_path / "c" / "input.png").is_file()
+
+
+def test_unconditional_config_on_labelled_tokens_and_conditional_without_labels(world: dict, tmp_path: Path) -> None:
+    manifest = Manifest.load(world["tokens"])
+    manifest.num_classes = 0
+    for info in manifest.splits.values():
+        info.label_shards = []
+    unlabelled = tmp_path / "tokens"
+    shutil.copytree(world["tokens"], unlabelled)
+    manifest.save(unlabelled)
+    with pytest.raises(ConfigError, match="needs labels"):
+        prior_train.main(["--config", TINY, f"output_dir={tmp_path / 'r'}", f"data.tokens={unlabelled}",
+                          "model.class_conditional=true", *STAGE2_QUIET])
