@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024], help="tokens per image (square grids)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--uncached-repeats", type=int, default=1, help="repeats of the (slow) uncached rows")
+    p.add_argument("--uncached-lens", type=int, nargs="*", default=None,
+                   help="lengths that also get an uncached row (default: all on CUDA; 256 and shorter on CPU, where "
+                        "1,024 uncached tokens x 16 take tens of minutes)")
     p.add_argument("--no-faces", action="store_true", help="skip the sample-and-decode-16-faces row")
     p.add_argument("--prior", default=None, help="a trained 256-token prior for the faces row (default: fresh)")
     p.add_argument("--tokenizer", default=None, help="its tokenizer")
@@ -142,10 +145,13 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    uncached = args.uncached_lens if args.uncached_lens is not None else \
+        [n for n in args.seq_lens if device.startswith("cuda") or n <= 256]
     jobs = []
     for length in args.seq_lens:
-        for kind, repeats in (("cached", args.repeats), ("uncached", args.uncached_repeats)):
-            jobs.append({"kind": kind, "seq_len": length, "repeats": repeats})
+        jobs.append({"kind": "cached", "seq_len": length, "repeats": args.repeats})
+        if length in uncached:
+            jobs.append({"kind": "uncached", "seq_len": length, "repeats": args.uncached_repeats})
     if not args.no_faces:
         jobs.append({"kind": "faces", "seq_len": 256, "repeats": args.repeats, "prior": args.prior,
                      "tokenizer": args.tokenizer})

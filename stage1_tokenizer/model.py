@@ -39,7 +39,7 @@ class TokenizerOutput:
     recon: torch.Tensor          # (B, 3, H, W) reconstruction in [-0.5, 0.5] space (unclamped)
     mse: torch.Tensor            # scalar, mean squared error (= MSE on [0, 1])
     kl: torch.Tensor             # scalar, quantizer KL (mean per position), to be weighted by beta
-    aux_loss: torch.Tensor       # scalar, quantizer's own weighted loss terms (0 for EdVAE)
+    aux_loss: torch.Tensor       # scalar, quantizer's own weighted loss terms (0 for EdVAE; VQ commitment, SQ-VAE terms)
     indices: torch.Tensor        # (B, h, w) hard codes
     uncertainty: Optional[torch.Tensor]  # (B, h, w) evidential uncertainty, or None
 
@@ -194,7 +194,12 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         q = self.quantizer(self.encoder(x), tau=tau, codes=codes)
         recon = self.decoder(q.z_q)
         mse = F.mse_loss(recon.float(), x.float())
-        return TokenizerOutput(recon=recon, mse=mse, kl=q.kl, aux_loss=q.aux_loss,
+        aux_loss = q.aux_loss
+        if q.latent_nats is not None:
+            # SQ-VAE: the decoder variance at its maximum-likelihood value (the MSE) weights the latent terms
+            # against the MSE; see quantizers/sqvae.py. D = values per image.
+            aux_loss = aux_loss + (2.0 * mse.detach() / x[0].numel()) * q.latent_nats
+        return TokenizerOutput(recon=recon, mse=mse, kl=q.kl, aux_loss=aux_loss,
                                indices=q.indices, uncertainty=q.uncertainty)
 
     # ------------------------------------------------------------------ public API

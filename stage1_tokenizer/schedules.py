@@ -36,5 +36,9 @@ def kl_weight(step: int, cfg: TrainConfig) -> float:
 
 
 def temperature(step: int, cfg: TrainConfig) -> float:
-    """Gumbel-softmax temperature tau = exp(-tau_decay * step / scale), floored at ``tau_min``."""
-    return max(math.exp(-cfg.tau_decay * step / cfg.schedule_scale), cfg.tau_min)
+    """Gumbel-softmax temperature tau = tau_init * exp(-tau_decay * step / scale), floored at ``tau_min``.
+
+    ``tau_init`` is the starting temperature (the paper's tau^[0] = 1, Algorithm 1; 2 and 5 in the dVAE
+    ablation E.1).
+    """
+    return max(cfg.tau_init * math.exp(-cfg.tau_decay * step / cfg.schedule_scale), cfg.tau_min)

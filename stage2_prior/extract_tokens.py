@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from edvae_common.accel import make_accelerator
+from edvae_common.hub import resolve_pretrained
 from edvae_common.io import read_json, write_json
 from stage1_tokenizer.config import DATASETS, DataConfig
 from stage1_tokenizer.data import build_dataset
@@ -94,8 +95,6 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 1. The tokenizer and its fingerprint (what the prior will be tied to).
     tokenizer = EdVAE.from_pretrained(args.tokenizer).to(accelerator.device).eval()
-    from edvae_common.hub import resolve_pretrained
-
     tok_dir = resolve_pretrained(args.tokenizer, ["config.json"])
     cfg = data_config(tok_dir, args)
     fingerprint = TokenizerFingerprint.of(tokenizer, cfg.image_size, args.tokenizer)

@@ -188,3 +188,26 @@ def test_unconditional_config_on_labelled_tokens_and_conditional_without_labels(
     with pytest.raises(ConfigError, match="needs labels"):
         prior_train.main(["--config", TINY, f"output_dir={tmp_path / 'r'}", f"data.tokens={unlabelled}",
                           "model.class_conditional=true", *STAGE2_QUIET])
+
+
+@pytest.mark.slow
+def test_two_process_training_runs_and_exports(world: dict, tmp_path: Path) -> None:
+    """DDP over two CPU processes (gloo): the global batch is split, metrics are reduced, one export is written."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(ROOT / "stage2_prior" / "train.py"), "--config", TINY, f"output_dir={run}",
+                           f"data.tokens={world['tokens']}", "train.max_steps=30", "train.eval_every=30",
+                           "train.sample_every=30", "train.gradient_accumulation_steps=2", *STAGE2_QUIET],
+                          env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes; micro-batch 8" in done.stderr
+    val = read_metrics(run, "val")
+    assert len(val) == 1 and val[0]["step"] == 30 and val[0]["nll_bits_per_token"] < np.log2(32)
+    prior, spec = load_prior(run / "prior", tokenizer=world["tok"])
+    assert generate_codes(prior, spec, 2, seed=0).shape == (2, 8, 8)

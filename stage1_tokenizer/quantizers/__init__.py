@@ -9,10 +9,13 @@ from .dirichlet import kl_dirichlet_uniform
 from .dvae import GumbelQuantizer
 from .edvae import DirichletQuantizer
 from .gs_vqvae import GumbelVQQuantizer
+from .sqvae import GaussianSQQuantizer
+from .vqste_pp import AffineVQQuantizer
 from .vqvae_ema import EMAVectorQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {
-    cls.name: cls for cls in (DirichletQuantizer, GumbelQuantizer, GumbelVQQuantizer, EMAVectorQuantizer)
+    cls.name: cls for cls in (DirichletQuantizer, GumbelQuantizer, GumbelVQQuantizer, EMAVectorQuantizer,
+                              GaussianSQQuantizer, AffineVQQuantizer)
 }
 
 
@@ -26,4 +29,4 @@ def get_quantizer_class(name: str) -> type[Quantizer]:
         ) from None
 
 
-__all__ = ["QUANTIZERS", "DirichletQuantizer", "EMAVectorQuantizer", "GumbelQuantizer", "GumbelVQQuantizer", "Quantizer", "QuantizerOutput", "get_quantizer_class", "kl_dirichlet_uniform"]
+__all__ = ["QUANTIZERS", "AffineVQQuantizer", "DirichletQuantizer", "EMAVectorQuantizer", "GaussianSQQuantizer", "GumbelQuantizer", "GumbelVQQuantizer", "Quantizer", "QuantizerOutput", "get_quantizer_class", "kl_dirichlet_uniform"]

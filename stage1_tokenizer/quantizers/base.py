@@ -16,6 +16,9 @@ class QuantizerOutput:
     kl: torch.Tensor                      # scalar, mean over positions, multiplied by beta in the loss
     aux_loss: torch.Tensor                # scalar, already weighted (e.g. VQ commitment); 0 if none
     uncertainty: Optional[torch.Tensor] = None   # (B, h, w) evidential uncertainty K/S, if defined
+    # scalar, nats per image of a latent term that the ELBO pairs with a Gaussian decoder whose variance is
+    # the current MSE (SQ-VAE); the model adds (2 * sg(MSE) / D) * latent_nats to aux_loss, D = C*H*W
+    latent_nats: Optional[torch.Tensor] = None
 
 
 class Quantizer(nn.Module):
