@@ -40,8 +40,8 @@ def infinite_batches(loader: Any, sampler: Any, start_batch: int) -> Iterator[An
         epoch, skip = epoch + 1, 0
 
 
-def check_resumed_config(saved_path: Path, cfg: Any, frozen_prefix: str = "model.") -> None:
-    """On resume, refuse changed ``frozen_prefix`` settings and log other changed settings.
+def check_resumed_config(saved_path: Path, cfg: Any, frozen: tuple[str, ...] = ("model.",)) -> None:
+    """On resume, refuse changed settings that start with any of ``frozen``; log other changed settings.
 
     A resumed run equals an uninterrupted one only with unchanged settings;
     changing ``train.max_steps`` to extend a run is the common, harmless case.
@@ -51,10 +51,11 @@ def check_resumed_config(saved_path: Path, cfg: Any, frozen_prefix: str = "model
     saved = flat_hparams(load_config(type(cfg), saved_path))
     now = flat_hparams(cfg)
     changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v and k != "resume"}
-    frozen = sorted(k for k in changed if k.startswith(frozen_prefix))
-    if frozen:
-        raise ConfigError(f"cannot resume the run in '{saved_path.parent}' with other model settings: "
-                          + ", ".join(f"{k}: {changed[k][0]} -> {changed[k][1]}" for k in frozen))
+    refused = sorted(k for k in changed if k.startswith(frozen))
+    if refused:
+        raise ConfigError(f"cannot resume the run in '{saved_path.parent}' with these settings changed: "
+                          + ", ".join(f"{k}: {changed[k][0]} -> {changed[k][1]}" for k in refused)
+                          + ". Resume with the saved values, or start a new output_dir.")
     if changed:
         logger.warning("resuming with settings that differ from %s: %s", saved_path,
                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items())))

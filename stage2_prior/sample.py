@@ -53,7 +53,11 @@ def save_outputs(out: Path, images: torch.Tensor, codes: torch.Tensor, meta: dic
 
     from PIL import Image
 
+    import shutil
+
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "images").is_dir():  # never mix single images of an earlier run into this one's
+        shutil.rmtree(out / "images")
     arrays = to_uint8(images)
     save_image_grid(images, out / "grid.png", nrow=int(math.ceil(math.sqrt(len(images)))))
     for i, array in enumerate(arrays):

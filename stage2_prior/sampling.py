@@ -8,8 +8,8 @@ app call.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -58,6 +58,16 @@ def _generation_config(spec: PriorSpec, new_tokens: int, temperature: float, top
     )
 
 
+@contextmanager
+def _generation_config_as_default(model: Any, config: GenerationConfig) -> Iterator[None]:
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 @torch.no_grad()
 def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, seed: int | None = 0, batch_size: int = 16, cfg_scale: float = 1.0,
@@ -81,7 +91,10 @@ def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float 
         raise ValueError("cfg_scale needs a class_label (guidance steers towards a class)")
     h, w = spec.grid
     device = next(prior.parameters()).device
-    prefix = torch.zeros(1, 0, dtype=torch.long) if prefix is None else prefix.long().reshape(prefix.shape[0], -1)
+    if prefix is None:
+        prefix = torch.zeros(1, 0, dtype=torch.long)
+    prefix = prefix.long()
+    prefix = prefix[None] if prefix.dim() == 1 else prefix.reshape(prefix.shape[0], -1)  # (n,) is one prefix
     if prefix.shape[0] not in (1, num) or prefix.shape[1] >= h * w:
         raise ValueError(f"prefix must be (1 or {num}, n < {h * w}) codes, got {tuple(prefix.shape)}")
     if prefix.numel() and (prefix.min() < 0 or prefix.max() >= spec.codebook_size):
@@ -89,10 +102,12 @@ def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float 
     prefix = prefix.expand(num, -1).to(device)
     config = _generation_config(spec, h * w - prefix.shape[1], temperature, top_k, top_p, use_cache)
 
-    # 2. Sample batch by batch under a private, seeded RNG (the caller's RNG state is left alone).
+    # 2. Sample batch by batch under a private, seeded RNG (the caller's RNG state is left alone), with
+    #    our generation config as the model's own for the call: generate() fills every unset field from
+    #    model.generation_config, so a saved setting (repetition_penalty, ...) would otherwise leak in.
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else nullcontext()
     grids = []
-    with rng:
+    with rng, _generation_config_as_default(prior, config):
         if seed is not None:
             torch.manual_seed(seed)
         for lo in range(0, num, batch_size):

@@ -139,9 +139,13 @@ class TokenDataset(Dataset):
             raise CheckpointError(f"token set '{folder}' split '{split}': shards hold {sum(sizes)} sequences, "
                                   f"manifest says {info.count}; re-run the extraction")
         seq = self.manifest.tokenizer.seq_len
+        k = self.manifest.tokenizer.codebook_size
         for name, shard in zip(info.shards, self.shards):
             if shard.ndim != 2 or shard.shape[1] != seq:
                 raise CheckpointError(f"'{self.folder / name}' has shape {shard.shape}, expected (n, {seq})")
+            if len(shard) and int(shard.max()) >= k:
+                raise CheckpointError(f"'{self.folder / name}' holds code {int(shard.max())}, outside the manifest's "
+                                      f"codebook of {k}; re-run the extraction")
         self.offsets = np.cumsum([0] + sizes)
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from edvae_common.accel import make_accelerator
 from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
-from edvae_common.io import save_image_grid, write_json
+from edvae_common.io import read_json, save_image_grid, write_json
 from edvae_common.runs import MetricsLog, list_checkpoints, resolve_resume, save_checkpoint
 from edvae_common.training import TrainState, check_resumed_config, infinite_batches
 from stage1_tokenizer.data import EpochShuffleSampler
@@ -41,6 +42,7 @@ from stage2_prior.tokens import Manifest, TokenDataset
 
 logger = logging.getLogger("stage2.train")
 EXPORT_DIR = "prior"
+TOKENS_RECORD = "tokens.json"  # the token set a run trains on (a resume must use the same)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,19 +74,20 @@ def sequences(batch: dict, spec: PriorSpec, cfg_dropout: float, training: bool) 
 def validation_nll(model, loader, spec: PriorSpec, accelerator, max_batches: int | None) -> float:
     """Mean negative log-likelihood of the codes in bits per token, over all processes."""
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed nats, tokens
+    nats, tokens = 0.0, 0
     for i, batch in enumerate(loader):  # always iterated to the end (Accelerate keeps loader state otherwise)
         if max_batches is not None and i >= max_batches:
             continue
         ids, targets = sequences(batch, spec, 0.0, training=False)
         with accelerator.autocast():
             logits = model(input_ids=ids).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1),
-                                                reduction="sum")
-        total += torch.stack([nll.double(), torch.tensor(targets[:, 1:].numel(), dtype=torch.float64, device=nll.device)])
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets[:, 1:], reduction="none")
+        # per-sequence sums, gathered without the samples Accelerate repeats to even out the last batch
+        per_sequence = accelerator.gather_for_metrics(per_token.double().sum(dim=1))
+        nats += float(per_sequence.sum())
+        tokens += per_sequence.numel() * spec.seq_len
     model.train()
-    total = accelerator.reduce(total, "sum")
-    return float(total[0] / total[1].clamp(min=1) / math.log(2))
+    return nats / max(tokens, 1) / math.log(2)
 
 
 def sample_grid(model, spec: PriorSpec, cfg: Stage2Config, tokenizer, path: Path, seed: int) -> None:
@@ -151,8 +154,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 3. Model, optimizer (weight decay on matrices only), data loaders.
     model = build_prior(spec, cfg.model)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # weight decay on the blocks' matrices only: not on biases, norms or (token / position) embeddings
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(t.beta1, t.beta2))
     sampler = EpochShuffleSampler(len(train_set), t.seed)
@@ -170,8 +175,11 @@ def main(argv: list[str] | None = None) -> Path:
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
-    # The tokenizer for sample grids is built before resuming: its construction draws random numbers.
-    tokenizer = load_grid_tokenizer(cfg, manifest, accelerator.device) if accelerator.is_main_process else None
+    # The tokenizer for sample grids (main process only; under a private RNG: its construction draws random numbers).
+    tokenizer = None
+    if accelerator.is_main_process:
+        with torch.random.fork_rng(devices=[]):
+            tokenizer = load_grid_tokenizer(cfg, manifest, accelerator.device)
 
     # 4. Resume, or start a fresh run folder (the restored RNG states continue exactly where they were saved).
     checkpoint = resolve_resume(run_dir, cfg.resume)
@@ -179,14 +187,22 @@ def main(argv: list[str] | None = None) -> Path:
     if checkpoint is None and existing:
         raise ConfigError(f"output_dir '{run_dir}' already holds checkpoints of a run (latest: step {existing[-1][0]}). "
                           "Continue it with resume=latest, or pick another output_dir; nothing was changed.")
+    token_record = {"tokenizer": asdict(manifest.tokenizer) | {"path": ""}, "num_classes": spec.num_classes,
+                    "train_count": len(train_set)}
     if checkpoint is not None:
-        check_resumed_config(run_dir / "config.yaml", cfg)
+        check_resumed_config(run_dir / "config.yaml", cfg, frozen=("model.", "train.ema_decay"))
+        saved = run_dir / TOKENS_RECORD
+        if saved.is_file() and read_json(saved) != token_record:
+            raise ConfigError(f"cannot resume the run in '{run_dir}' on another token set: '{cfg.data.tokens}' differs "
+                              f"from the one it was trained on ({saved}). Point data.tokens back at it, or start a "
+                              "new output_dir.")
         accelerator.load_state(str(checkpoint))
         logger.info("resumed from %s at step %d", checkpoint, state.step)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
+        write_json(run_dir / TOKENS_RECORD, token_record)
         log.truncate_after(state.step)
         n_params = sum(p.numel() for p in unwrapped.parameters())
         logger.info("%d train / %s val sequences of %d tokens; %s %s (%.2fM parameters, vocab %d); %d processes; "
@@ -200,6 +216,7 @@ def main(argv: list[str] | None = None) -> Path:
     progress = tqdm(total=t.max_steps, initial=state.step, disable=not (accelerator.is_main_process and t.progress_bar),
                     desc="stage2", dynamic_ncols=True)
     tic, tokens_seen = time.perf_counter(), 0
+    loss_window = torch.zeros(2, device=accelerator.device)  # summed step losses, steps since the last log line
     model.train()
 
     def evaluate_and_sample(step: int, final: bool) -> None:
@@ -237,6 +254,7 @@ def main(argv: list[str] | None = None) -> Path:
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             tokens_seen += targets[:, 1:].numel()
+        loss_window += torch.stack([loss_sum / t.gradient_accumulation_steps, torch.ones((), device=loss_sum.device)])
         if ema is not None:
             ema.update(unwrapped)
         state.step += 1
@@ -244,7 +262,9 @@ def main(argv: list[str] | None = None) -> Path:
 
         # 6. Logging, evaluation, sample grids, checkpoints.
         if state.step % t.log_every == 0 or state.step == t.max_steps:
-            mean_loss = accelerator.reduce(loss_sum, "mean").item() / t.gradient_accumulation_steps
+            window = accelerator.reduce(loss_window, "sum")
+            mean_loss = (window[0] / window[1]).item()  # mean over the steps since the last line and processes
+            loss_window.zero_()
             elapsed = time.perf_counter() - tic
             record = {"step": state.step, "loss": mean_loss, "bits_per_token": mean_loss / math.log(2), "lr": lr,
                       "tokens_per_s": tokens_seen * accelerator.num_processes / max(elapsed, 1e-9)}

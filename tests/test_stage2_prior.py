@@ -211,3 +211,50 @@ def test_two_process_training_runs_and_exports(world: dict, tmp_path: Path) -> N
     assert len(val) == 1 and val[0]["step"] == 30 and val[0]["nll_bits_per_token"] < np.log2(32)
     prior, spec = load_prior(run / "prior", tokenizer=world["tok"])
     assert generate_codes(prior, spec, 2, seed=0).shape == (2, 8, 8)
+
+
+def test_saved_generation_settings_do_not_leak_into_sampling(world: dict) -> None:
+    prior, spec = load_prior(world["run"] / "prior")
+    plain = generate_codes(prior, spec, 3, temperature=0, class_label=0)
+    prior.generation_config.repetition_penalty = 50.0   # as if saved with the model
+    prior.generation_config.no_repeat_ngram_size = 1
+    assert torch.equal(generate_codes(prior, spec, 3, temperature=0, class_label=0), plain)
+    assert prior.generation_config.repetition_penalty == 50.0   # restored after the call
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_guided_sequences_match_a_step_by_step_reference(world: dict, use_cache: bool) -> None:
+    """Whole greedy guided sequences with a prefix, against a plain loop over full forward passes."""
+    prior, spec = load_prior(world["run"] / "prior")
+    s, label = 2.0, 2
+    prefix = torch.tensor([[3, 3, 3, 3, 3]])
+    out = generate_codes(prior, spec, 2, temperature=0, class_label=label, cfg_scale=s, prefix=prefix,
+                         use_cache=use_cache).reshape(2, -1)
+    cond = torch.cat([torch.tensor([[spec.class_token(label)]]), prefix], dim=1)
+    uncond = torch.cat([torch.tensor([[spec.bos_id]]), prefix], dim=1)
+    with torch.no_grad():
+        while cond.shape[1] < spec.seq_len + 1:
+            lc = torch.log_softmax(prior(input_ids=cond).logits[:, -1].float(), -1)[:, :32]
+            lu = torch.log_softmax(prior(input_ids=uncond).logits[:, -1].float(), -1)[:, :32]
+            nxt = (lu + s * (lc - lu)).argmax(-1, keepdim=True)
+            cond, uncond = torch.cat([cond, nxt], 1), torch.cat([uncond, nxt], 1)
+    assert torch.equal(out, cond[:, 1:].expand(2, -1))
+
+
+def test_a_one_dimensional_prefix_is_one_prefix(world: dict) -> None:
+    prior, spec = load_prior(world["run"] / "prior")
+    prefix = torch.arange(8) % 32
+    out = generate_codes(prior, spec, 3, prefix=prefix, seed=0).reshape(3, -1)
+    assert torch.equal(out[:, :8], prefix.expand(3, -1))
+
+
+def test_resume_refuses_another_token_set_or_ema_setting(world: dict, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    common = ["--config", TINY, f"output_dir={run}", "train.max_steps=4", "train.checkpoint_every=2",
+              "train.eval_every=1000", "train.sample_every=1000", *STAGE2_QUIET]
+    prior_train.main([*common, f"data.tokens={world['tokens']}"])
+    other = make_token_set(tmp_path / "other", TokenizerFingerprint.of(world["tok"], 16, "x"), n_train=256)
+    with pytest.raises(ConfigError, match="another token set"):
+        prior_train.main([*common, f"data.tokens={other}", "train.max_steps=6", "resume=latest"])
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        prior_train.main([*common, f"data.tokens={world['tokens']}", "train.ema_decay=0.9", "resume=latest"])

@@ -69,11 +69,31 @@ def test_extract_resumes_and_never_trusts_half_shards(tokenizer_dir: Path, tmp_p
 
 def test_extract_refuses_another_tokenizer_in_the_same_folder(tokenizer_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
-    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out)])
-    other = tmp_path / "tok2"
-    make_tokenizer(other, tmp_path / "images.npz", seed=1)
-    with pytest.raises(ValueError, match="other settings.*tokenizer"):
-        extract_tokens.main(["--tokenizer", str(other), "--out", str(out)])
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--splits", "test"])
+    # the same tokenizer by another path and with other worker counts is the same extraction
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir / "."), "--out", str(out), "--splits", "test",
+                         "--num-workers", "1"])
+    # other weights under the same path are not
+    make_tokenizer(tokenizer_dir, tmp_path / "images.npz", seed=1)
+    with pytest.raises(ValueError, match="tokenizer.weights_hash"):
+        extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--splits", "test"])
+
+
+def test_a_later_split_extraction_keeps_the_earlier_splits(tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--splits", "train"])
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--splits", "test"])
+    manifest = Manifest.load(out)
+    assert sorted(manifest.splits) == ["test", "train"] and manifest.num_classes == 3
+    assert len(TokenDataset(out, "train")) == 36 and len(TokenDataset(out, "test")) == 4
+
+
+def test_token_set_with_out_of_range_codes_is_refused(tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--splits", "test"])
+    np.save(out / "test" / "shard_00000.npy", np.full((4, 64), 40, dtype=np.uint16))
+    with pytest.raises(ValueError, match="outside the manifest's codebook of 32"):
+        TokenDataset(out, "test")
 
 
 def test_fingerprint_check_names_what_differs(tokenizer_dir: Path, tmp_path: Path) -> None:
