@@ -25,3 +25,28 @@ def make_accelerator(**kwargs: Any):
 
     kwargs.setdefault("cpu", not has_accelerator())
     return Accelerator(**kwargs)
+
+
+def make_training_accelerator(run_dir: Any, mixed_precision: str, gradient_accumulation_steps: int, tracker: str,
+                              seed: int):
+    """The Accelerator every training script uses, with logging set up and seeds set (per process).
+
+    One optimizer step per loop iteration, also across epoch ends (no forced sync at the end of
+    the loader); trackers write under ``run_dir/logs``.
+    """
+    import logging
+    from pathlib import Path
+
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
+        log_with=None if tracker == "none" else tracker,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(seed, device_specific=True)
+    return accelerator

@@ -135,3 +135,13 @@ def check(condition: bool, key: str, message: str) -> None:
     """Raise a ConfigError naming ``key`` unless ``condition`` holds (for ``__post_init__``)."""
     if not condition:
         raise ConfigError(f"invalid value for config key '{key}': {message}")
+
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def mixed_precision_setting(value: object, key: str = "train.mixed_precision") -> str:
+    """A checked ``mixed_precision`` value; YAML 1.1 reads a bare ``no`` as false, which means ``no`` here."""
+    value = "no" if str(value).lower() in ("false", "no", "none") else str(value)
+    check(value in MIXED_PRECISION, key, f"must be one of {MIXED_PRECISION}, got '{value}'")
+    return value

@@ -68,6 +68,18 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def checkpoint_to_resume(run_dir: str | Path, resume: str | None) -> Path | None:
+    """``resolve_resume``, refusing to start a fresh run in a folder that already holds a run's checkpoints."""
+    from .config import ConfigError
+
+    checkpoint = resolve_resume(run_dir, resume)
+    existing = list_checkpoints(run_dir)
+    if checkpoint is None and existing:
+        raise ConfigError(f"output_dir '{run_dir}' already holds checkpoints of a run (latest: step {existing[-1][0]}). "
+                          "Continue it with resume=latest, or pick another output_dir; nothing was changed.")
+    return checkpoint
+
+
 def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, total_limit: int | None) -> Path:
     """Save the full training state atomically; keep at most ``total_limit`` checkpoints.
 

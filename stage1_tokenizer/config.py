@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from edvae_common.config import check
+from edvae_common.config import check, mixed_precision_setting
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
 EVAL_CODES = ("argmax", "sample")
 DATASETS = ("cifar10", "celeba", "lsun_church", "npz", "folder", "hf", "auto")
 
@@ -114,14 +113,11 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if str(self.mixed_precision).lower() in ("false", "no", "none"):  # YAML 1.1 reads a bare `no` as false
-            self.mixed_precision = "no"
+        self.mixed_precision = mixed_precision_setting(self.mixed_precision)
         check(self.max_steps > 0, "train.max_steps", f"must be positive, got {self.max_steps}")
         check(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
         check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
               f"must be positive, got {self.gradient_accumulation_steps}")
-        check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision",
-              f"must be one of {MIXED_PRECISION}, got '{self.mixed_precision}'")
         check(self.lr > 0 and self.lr_min >= 0, "train.lr", "lr must be > 0 and lr_min >= 0")
         check(self.tau_init > 0, "train.tau_init", f"must be positive, got {self.tau_init}")
         check(self.schedule_scale > 0, "train.schedule_scale", f"must be positive, got {self.schedule_scale}")

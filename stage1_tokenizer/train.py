@@ -24,14 +24,13 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from edvae_common.accel import make_accelerator
+from edvae_common.accel import make_training_accelerator
 from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
 from edvae_common.io import save_image_grid, side_by_side, write_json
-from edvae_common.runs import MetricsLog, list_checkpoints, resolve_resume, save_checkpoint
+from edvae_common.runs import MetricsLog, checkpoint_to_resume, save_checkpoint
 from edvae_common.training import TrainState, check_resumed_config, infinite_batches
 from stage1_tokenizer.config import Stage1Config
 from stage1_tokenizer.data import EpochShuffleSampler, build_dataset
@@ -89,16 +88,8 @@ def main(argv: list[str] | None = None) -> Path:
     run_dir = Path(cfg.output_dir)
 
     # 1. Accelerator: devices, processes, mixed precision, accumulation, trackers.
-    accelerator = make_accelerator(
-        mixed_precision=t.mixed_precision,
-        # One optimizer step per loop iteration, also across epoch ends (no forced sync at the end of the loader).
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.gradient_accumulation_steps,
-                                                                sync_with_dataloader=False),
-        log_with=None if t.tracker == "none" else t.tracker,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    set_seed(t.seed, device_specific=True)
+    accelerator = make_training_accelerator(run_dir, t.mixed_precision, t.gradient_accumulation_steps, t.tracker,
+                                            t.seed)
 
     # 2. Model, optimizer, data.
     model = EdVAE.from_config(cfg.model)
@@ -113,11 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.register_for_checkpointing(state)
 
     # 3. Resume, or start a fresh run folder.
-    checkpoint = resolve_resume(run_dir, cfg.resume)
-    existing = list_checkpoints(run_dir)
-    if checkpoint is None and existing:
-        raise ConfigError(f"output_dir '{run_dir}' already holds checkpoints of a run (latest: step {existing[-1][0]}). "
-                          "Continue it with resume=latest, or pick another output_dir; nothing was changed.")
+    checkpoint = checkpoint_to_resume(run_dir, cfg.resume)
     if checkpoint is not None:
         check_resumed_config(run_dir / "config.yaml", cfg)
         accelerator.load_state(str(checkpoint))

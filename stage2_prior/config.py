@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from edvae_common.config import check
+from edvae_common.config import check, mixed_precision_setting
 
 ARCHS = ("gpt2", "llama")
 
@@ -67,14 +67,11 @@ class PriorTrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if str(self.mixed_precision).lower() in ("false", "no", "none"):  # YAML 1.1 reads a bare `no` as false
-            self.mixed_precision = "no"
+        self.mixed_precision = mixed_precision_setting(self.mixed_precision)
         check(self.max_steps > 0, "train.max_steps", f"must be positive, got {self.max_steps}")
         check(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
         check(self.gradient_accumulation_steps > 0, "train.gradient_accumulation_steps",
               f"must be positive, got {self.gradient_accumulation_steps}")
-        check(self.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision",
-              f"must be no, fp16 or bf16, got '{self.mixed_precision}'")
         check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
