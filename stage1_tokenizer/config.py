@@ -69,6 +69,9 @@ class DataConfig:
     test_fraction: float = 0.1        # held-out fraction for sources without a test split
     split_seed: int = 0               # seed of that held-out split
     download: bool = False            # let torchvision / datasets download missing data
+    # training only: flip each training image left-right with probability 1/2 (drawn from train.seed, the step
+    # and the process, so a resumed run flips exactly as an uninterrupted one); faces and churches are symmetric
+    hflip: bool = False
     num_workers: int = 0
 
     def __post_init__(self) -> None:

@@ -80,6 +80,13 @@ def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
     return train_loader, test_loaders, sampler, len(train_set), len(test_set)
 
 
+def random_hflip(images: torch.Tensor, seed: int, step: int, micro_step: int, process: int) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2; the coin flips depend only on their arguments."""
+    generator = torch.Generator().manual_seed(hash((seed, step, micro_step, process)) & 0x7FFF_FFFF_FFFF_FFFF)
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
@@ -138,8 +145,10 @@ def main(argv: list[str] | None = None) -> Path:
             group["lr"] = lr
         sums = torch.zeros(4, device=accelerator.device)  # loss, mse, kl, uncertainty (per micro-batch means)
         counts = torch.zeros(k, dtype=torch.long, device=accelerator.device)
-        for _ in range(t.gradient_accumulation_steps):
+        for micro_step in range(t.gradient_accumulation_steps):
             images = next(batches)
+            if cfg.data.hflip:
+                images = random_hflip(images, t.seed, step, micro_step, accelerator.process_index)
             if t.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
