@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from edvae_common.accel import make_accelerator
@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder call, per process")
     p.add_argument("--shard-size", type=int, default=8192, help="sequences per shard file")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also encode a left-right mirrored copy of every train image (the train split doubles; "
+                        "default: on when the tokenizer was trained with data.hflip)")
     return p.parse_args(argv)
 
 
@@ -71,7 +74,25 @@ def data_config(tokenizer_dir: Path, args: argparse.Namespace) -> DataConfig:
         cfg = replace(cfg, dataset=args.dataset)
     if args.image_size is not None:
         cfg = replace(cfg, image_size=args.image_size)
+    if args.hflip is not None:
+        cfg = replace(cfg, hflip=args.hflip)
     return replace(cfg, num_workers=args.num_workers)
+
+
+class WithMirrors(Dataset):
+    """A dataset followed by its left-right mirrored copy: item i + n is item i flipped (labels repeat)."""
+
+    def __init__(self, base: Dataset):
+        self.base, self.n = base, len(base)
+        labels = getattr(base, "labels", None)
+        self.labels = None if labels is None else np.concatenate([np.asarray(labels), np.asarray(labels)])
+
+    def __len__(self) -> int:
+        return 2 * self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = self.base[i % self.n]
+        return image.flip(-1) if i >= self.n else image
 
 
 def run_record(fingerprint: TokenizerFingerprint, cfg: DataConfig, shard_size: int) -> dict:
@@ -129,6 +150,8 @@ def main(argv: list[str] | None = None) -> Path:
     label_max = previous.num_classes - 1 if previous is not None else -1
     for split in args.splits:
         dataset = build_dataset(cfg, split)
+        if split == "train" and cfg.hflip:
+            dataset = WithMirrors(dataset)  # mirrored faces are faces: twice the sequences for the prior
         labels = getattr(dataset, "labels", None)
         n = len(dataset)
         n_shards = math.ceil(n / args.shard_size)

@@ -47,6 +47,22 @@ def test_extract_writes_codes_labels_and_manifest(tokenizer_dir: Path, tmp_path:
     assert np.load(out / manifest.splits["train"].shards[0]).dtype == np.uint16
 
 
+def test_extract_with_hflip_adds_mirrored_train_sequences(tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--shard-size", "16", "--hflip"])
+    manifest = Manifest.load(out)
+    assert manifest.splits["train"].count == 72 and manifest.splits["test"].count == 4  # only train is doubled
+    assert manifest.data["hflip"] is True
+    tok = EdVAE.from_pretrained(tokenizer_dir)
+    images = build_dataset(DataConfig(dataset="npz", path=str(tmp_path / "images.npz"), image_size=16), "train")
+    batch = torch.stack([images[i] for i in range(len(images))])
+    train = TokenDataset(out, "train")
+    got = torch.stack([train[i]["codes"] for i in range(len(train))])
+    assert torch.equal(got[:36], tok.encode(batch).flatten(1))
+    assert torch.equal(got[36:], tok.encode(batch.flip(-1)).flatten(1))  # the mirrored copies, in the same order
+    assert [int(train[i]["label"]) for i in range(72)] == images.labels.tolist() * 2
+
+
 def test_extract_resumes_and_never_trusts_half_shards(tokenizer_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
     args = ["--tokenizer", str(tokenizer_dir), "--out", str(out), "--shard-size", "16"]

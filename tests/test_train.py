@@ -47,13 +47,14 @@ def test_short_training_on_real_images_lowers_the_mse(cifar_npz, tmp_path, quant
     assert (run / "config.yaml").is_file() and any((run / "checkpoints").iterdir())
 
 
-@pytest.mark.parametrize("accumulation,batch", [(1, 16), (3, 24)])
-def test_resumed_run_equals_an_uninterrupted_one(synthetic_npz, tmp_path, accumulation, batch):
+@pytest.mark.parametrize("accumulation,batch,hflip", [(1, 16, False), (3, 24, False), (3, 24, True)])
+def test_resumed_run_equals_an_uninterrupted_one(synthetic_npz, tmp_path, accumulation, batch, hflip):
     # 86 training images: with micro-batches of 8 and accumulation 3, epochs (10 micro-batches) end in the
     # middle of an optimizer step, and the resume at step 4 lands inside the second epoch; periodic
     # evaluations on a subset run in between.
     common = [f"train.gradient_accumulation_steps={accumulation}", f"train.batch_size={batch}", "train.log_every=1",
-              "train.checkpoint_every=100", "train.eval_every=2", "train.eval_max_images=8", "train.image_every=3"]
+              "train.checkpoint_every=100", "train.eval_every=2", "train.eval_max_images=8", "train.image_every=3",
+              f"data.hflip={str(hflip).lower()}"]
     full = tmp_path / "full"
     train_script.main(train_args(full, synthetic_npz, "train.max_steps=9", *common))
     part = tmp_path / "part"
@@ -213,3 +214,15 @@ def test_training_curves_plot(synthetic_npz, tmp_path):
     assert out.stat().st_size > 10_000
     with pytest.raises(FileNotFoundError, match="no metrics"):
         plot_run(tmp_path, tmp_path / "x.png")
+
+
+def test_random_hflip_mirrors_about_half_the_batch_and_repeats_with_its_arguments():
+    images = torch.rand(400, 3, 4, 6)
+    out = train_script.random_hflip(images, 42, 7, 0, 0)
+    mirrored = [bool(torch.equal(o, i.flip(-1))) for o, i in zip(out, images)]
+    kept = [bool(torch.equal(o, i)) for o, i in zip(out, images)]
+    assert all(m != k for m, k in zip(mirrored, kept))        # every image is either mirrored or untouched
+    assert 150 < sum(mirrored) < 250                           # a fair coin per image
+    assert torch.equal(out, train_script.random_hflip(images, 42, 7, 0, 0))      # same arguments, same flips
+    assert not torch.equal(out, train_script.random_hflip(images, 42, 8, 0, 0))  # another step, other flips
+    assert not torch.equal(out, train_script.random_hflip(images, 42, 7, 0, 1))  # another process, other flips
