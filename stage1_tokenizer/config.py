@@ -112,6 +112,12 @@ class TrainConfig:
     eval_every: int = 10_000
     eval_max_images: Optional[int] = 2_560   # periodic evaluation subset; the final one uses the whole split
     final_eval: bool = True
+    # codebook-collapse alarm (stage1_tokenizer/collapse.py), checked at every evaluation after the beta warm-up:
+    # floors (null = off) and the largest tolerated fall from the best value; stop_on_collapse ends the run
+    collapse_min_codes: Optional[int] = None        # test codes used (argmax) below this -> alarm
+    collapse_min_perplexity: Optional[float] = None  # hard-code training perplexity (last log window) below this
+    collapse_max_drop: Optional[float] = 0.5        # either falling by more than this fraction of its best -> alarm
+    stop_on_collapse: bool = False                  # on an alarm: save a checkpoint and end without exporting
     tracker: str = "tensorboard"     # tensorboard | wandb | none
     progress_bar: bool = True
 
@@ -126,6 +132,12 @@ class TrainConfig:
         check(self.schedule_scale > 0, "train.schedule_scale", f"must be positive, got {self.schedule_scale}")
         check(self.tracker in ("tensorboard", "wandb", "none"), "train.tracker",
               f"must be tensorboard, wandb or none, got '{self.tracker}'")
+        check(self.collapse_max_drop is None or 0.0 < self.collapse_max_drop < 1.0, "train.collapse_max_drop",
+              f"must be in (0, 1) or null, got {self.collapse_max_drop}")
+        check(self.collapse_min_codes is None or self.collapse_min_codes > 0, "train.collapse_min_codes",
+              f"must be positive or null, got {self.collapse_min_codes}")
+        check(self.collapse_min_perplexity is None or self.collapse_min_perplexity > 0, "train.collapse_min_perplexity",
+              f"must be positive or null, got {self.collapse_min_perplexity}")
         for key in ("log_every", "checkpoint_every", "image_every", "eval_every"):
             check(getattr(self, key) > 0, f"train.{key}", f"must be positive, got {getattr(self, key)}")
 

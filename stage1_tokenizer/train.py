@@ -32,6 +32,7 @@ from edvae_common.config import ConfigError, flat_hparams, load_config, save_yam
 from edvae_common.io import save_image_grid, side_by_side, write_json
 from edvae_common.runs import MetricsLog, checkpoint_to_resume, save_checkpoint
 from edvae_common.training import TrainState, check_resumed_config, infinite_batches
+from stage1_tokenizer.collapse import CollapseAlarm
 from stage1_tokenizer.config import Stage1Config
 from stage1_tokenizer.data import EpochShuffleSampler, build_dataset
 from stage1_tokenizer.evaluation import evaluate_tokenizer, save_usage_histogram
@@ -87,7 +88,7 @@ def random_hflip(images: torch.Tensor, seed: int, step: int, micro_step: int, pr
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
     cfg = load_config(Stage1Config, args.config, overrides)
@@ -127,6 +128,12 @@ def main(argv: list[str] | None = None) -> Path:
                     n_train, n_test, accelerator.num_processes, t.batch_size // (accelerator.num_processes * t.gradient_accumulation_steps), run_dir)
     if t.tracker != "none":
         accelerator.init_trackers("stage1", config=flat_hparams(cfg))
+
+    # The collapse alarm starts after the beta warm-up; on resume its best values are replayed from the log.
+    alarm = CollapseAlarm(start_step=int(t.beta_warmup_steps * t.schedule_scale), min_codes=t.collapse_min_codes,
+                          min_perplexity=t.collapse_min_perplexity, max_drop=t.collapse_max_drop)
+    alarm.replay(log.read(), state.step)  # every process: their alarms must agree (stop_on_collapse)
+    last_window_perplexity, collapsed = None, False
 
     unwrapped = accelerator.unwrap_model(model)
     k = unwrapped.codebook_size
@@ -182,7 +189,9 @@ def main(argv: list[str] | None = None) -> Path:
             accelerator.log({f"train/{key}": v for key, v in record.items() if key != "step" and v is not None},
                             step=state.step)
             log.write({"split": "train", **record})
-            progress.set_postfix(mse=f"{record['mse']:.4f}", ppl=f"{record['perplexity']:.1f}")
+            last_window_perplexity = record["perplexity_window"]
+            progress.set_postfix(mse=f"{record['mse']:.4f}", ppl=f"{record['perplexity']:.1f}",
+                                 **({"alarm": "COLLAPSE"} if collapsed else {}))
             window_counts.zero_()
             tic, images_seen = time.perf_counter(), 0
 
@@ -195,6 +204,16 @@ def main(argv: list[str] | None = None) -> Path:
                 accelerator.log({f"eval/{key}": v for key, v in result.metrics.items()
                                  if isinstance(v, (int, float)) and v is not None}, step=state.step)
                 log.write({"split": "test", "step": state.step, **result.metrics})
+                alarms = alarm.check(state.step, {"test_codes_used": result.metrics["codes_used"],
+                                                  "train_perplexity": last_window_perplexity})
+                accelerator.log({"alarm/codebook_collapse": float(bool(alarms))}, step=state.step)
+                for record in alarms:
+                    log.write(record)
+                    if accelerator.is_main_process:
+                        logger.warning("codebook collapse alarm at step %d: %s", state.step, record["message"])
+                collapsed = bool(alarms)
+                if collapsed:
+                    progress.set_postfix(alarm="COLLAPSE")
                 if accelerator.is_main_process and is_final:
                     m = result.metrics
                     logger.info("test split at step %d: mse %.5f, psnr %.2f dB, perplexity %.1f (split) / %.1f "
@@ -212,10 +231,21 @@ def main(argv: list[str] | None = None) -> Path:
                         from torchvision.utils import make_grid
 
                         tracker.writer.add_image("eval/reconstructions", make_grid(grid, nrow=8), state.step)
-        if state.step % t.checkpoint_every == 0 or state.step == t.max_steps:
+        if state.step % t.checkpoint_every == 0 or state.step == t.max_steps or (collapsed and t.stop_on_collapse):
             save_checkpoint(accelerator, run_dir, state.step, t.checkpoints_total_limit)
+        if collapsed and t.stop_on_collapse:
+            break
 
     progress.close()
+    if collapsed and t.stop_on_collapse:
+        # 7'. A collapsing run ends here: its checkpoint is kept (to inspect, or to resume with other settings).
+        if accelerator.is_main_process:
+            logger.error("stopped at step %d: the codebook is collapsing (train.stop_on_collapse=true); the last "
+                         "checkpoint is in %s and no tokenizer was exported. Try a larger batch, a larger "
+                         "train.beta_max or a higher train.tau_min, or set train.stop_on_collapse=false to "
+                         "train on regardless.", state.step, run_dir / "checkpoints")
+        accelerator.end_training()
+        return None
 
     # 7. Export the tokenizer for the library API and stage 2.
     export = run_dir / EXPORT_DIR
