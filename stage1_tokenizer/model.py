@@ -44,6 +44,18 @@ class TokenizerOutput:
     uncertainty: Optional[torch.Tensor]  # (B, h, w) evidential uncertainty, or None
 
 
+@dataclass
+class TokenizerAnalysis:
+    """What ``EdVAE.analyze`` returns: everything the tokenizer says about a batch, from one pass."""
+
+    reconstruction: torch.Tensor          # (B, 3, H, W) in [0, 1], equal to decode(codes)
+    codes: torch.Tensor                   # (B, h, w) LongTensor, equal to encode(images, codes=...)
+    uncertainty: Optional[torch.Tensor]   # (B, h, w) evidential uncertainty u = K/S in (0, 1]; None for
+                                          # quantizers without one (dvae, gs_vqvae, vqvae_ema, ...)
+    mse: torch.Tensor                     # (B,) per-image MSE on the [0, 1] scale of the decoder output before
+                                          # its clamp to [0, 1]: the MSE of training and evaluation
+
+
 class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-tokenizer", "edvae", "discrete-vae"]):
     """Evidential discrete VAE tokenizer (Baykal, Kandemir and Unal, 2024).
 
@@ -223,10 +235,38 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) -> images (B, 3, h*f, w*f) in [0, 1]."""
         self._check_indices(indices)
+        return self._decode_unclamped(indices).clamp(0.0, 1.0)
+
+    def _decode_unclamped(self, indices: torch.Tensor) -> torch.Tensor:
+        """The decoder's output for checked indices, shifted back to the [0, 1] scale but not clamped."""
         z_q = self.quantizer.embed(indices.long().to(self.quantizer.codebook.device))
-        return (self.decoder(z_q).float() + 0.5).clamp(0.0, 1.0)
+        return self.decoder(z_q).float() + 0.5
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, codes: str = "argmax") -> torch.Tensor:
         """Encode then decode: the tokenizer's reconstruction of ``images``, in [0, 1]."""
         return self.decode(self.encode(images, codes=codes))
+
+    @torch.no_grad()
+    def analyze(self, images: torch.Tensor, codes: str = "argmax") -> TokenizerAnalysis:
+        """Reconstruction, codes and per-position evidential uncertainty of ``images`` in one pass.
+
+        ``images`` are (B, 3, H, W) in [0, 1], checked like ``encode``; the pass runs in eval mode
+        (hard codes: 'argmax' or 'sample' as in ``encode``). ``reconstruction`` equals
+        ``reconstruct(images)`` and ``codes`` equals ``encode(images)``; ``uncertainty`` is u = K/S
+        per token (high: little evidence for any code), or None when the quantizer has none; ``mse`` is
+        the per-image error that training and ``evaluate`` report.
+        """
+        self._check_images(images)
+        images = images.to(self.quantizer.codebook.device)
+        was_training = self.training
+        self.eval()
+        try:
+            q = self.quantizer(self.encoder(images - 0.5), codes=codes)
+            indices = q.indices.long()
+            raw = self._decode_unclamped(indices)  # decode()'s own path: bit-for-bit the reconstruction it gives
+        finally:
+            self.train(was_training)
+        mse = (raw - images.float()).pow(2).flatten(1).mean(1)
+        uncertainty = None if q.uncertainty is None else q.uncertainty.float()
+        return TokenizerAnalysis(reconstruction=raw.clamp(0.0, 1.0), codes=indices, uncertainty=uncertainty, mse=mse)

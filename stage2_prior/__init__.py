@@ -7,14 +7,20 @@ The pipeline (each step a script; see docs/stage2.md):
 3. ``sample.py``: sample or complete images through ``generate()`` with the KV cache (``sampling.py``);
 4. ``fid.py``: FID of samples or reconstructions with a fixed protocol.
 
+``Pipeline`` (``pipeline.py``) holds a tokenizer + prior pair with the tokenizer's preprocessing
+and offers ``generate``, ``reconstruct`` and ``complete``: the CLI, the training-time sample grids
+and the app (``python -m app``) all use it.
+
 The tokenizer is used only through ``stage1_tokenizer``'s public API.
 """
 
+from .inputs import ImageInputError
 from .model import PriorSpec, build_prior, load_prior
+from .pipeline import Completion, Pipeline, Reconstruction, Samples
 from .sampling import complete_codes, complete_image, decode_codes, generate_codes, sample_images
 from .sizes import SIZES, PriorSize
 from .tokens import Manifest, TokenDataset, TokenizerFingerprint, TokenizerMismatchError
 
-__all__ = ["SIZES", "Manifest", "PriorSize", "PriorSpec", "TokenDataset", "TokenizerFingerprint",
-           "TokenizerMismatchError", "build_prior", "complete_codes", "complete_image", "decode_codes",
+__all__ = ["SIZES", "Completion", "ImageInputError", "Manifest", "Pipeline", "PriorSize", "PriorSpec", "Reconstruction",
+           "Samples", "TokenDataset", "TokenizerFingerprint", "TokenizerMismatchError", "build_prior", "complete_codes", "complete_image", "decode_codes",
            "generate_codes", "load_prior", "sample_images"]

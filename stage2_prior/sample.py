@@ -7,8 +7,11 @@
 
 Writes ``grid.png``, one PNG per image under ``images/``, ``samples.npz`` (``images``:
 uint8 N x H x W x 3, ``codes``: N x h x w) and ``samples.json`` (every setting, for FID
-protocols). Sampling runs through ``transformers``' ``generate()`` with the KV cache;
-the same seed and batch size give the same images.
+protocols). Everything goes through ``stage2_prior.pipeline.Pipeline``: sampling settings not
+given take the prior's recommended ones (its ``sampling.json``, else temperature 1, no top-k /
+top-p), and ``--complete`` images get the tokenizer's own preprocessing (its
+``training_data.json``: the CelebA crop for CelebA, ...). The same seed and batch size give the
+same images.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edvae_common.io import atomic_write_bytes, load_image, save_image_grid, to_uint8, write_json
+from edvae_common.io import atomic_write_bytes, save_image_grid, to_uint8, write_json
+from stage2_prior.inputs import KINDS
 
 logger = logging.getLogger("stage2.sample")
 
@@ -33,15 +37,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", required=True, help="the stage-1 tokenizer the prior was trained on")
     p.add_argument("--num", type=int, default=16, help="images to sample (completions: variations)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature; 0 = greedy (default: the prior's sampling.json, else 1)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="keep the k most likely codes, 0 = all (default: sampling.json, else all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, 1 = off (default: sampling.json, else 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; -1 draws a fresh one (recorded in samples.json)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--class", dest="class_label", type=int, default=None, help="class id (conditional priors)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (needs --class)")
-    p.add_argument("--complete", default=None, help="an image to complete (resized to the prior's image size)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale, needs --class (default: sampling.json's guidance, else 1)")
+    p.add_argument("--complete", default=None, help="an image to complete (preprocessed like the tokenizer's data)")
     p.add_argument("--keep-rows", type=int, default=None, help="token rows of --complete to keep (default: half)")
+    p.add_argument("--preprocess", default=None, choices=KINDS,
+                   help="override the preprocessing of --complete read from the tokenizer's training_data.json")
     p.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow; for comparison)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     return p.parse_args(argv)
@@ -73,36 +82,32 @@ def save_outputs(out: Path, images: torch.Tensor, codes: torch.Tensor, meta: dic
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from stage1_tokenizer.model import EdVAE
-    from stage2_prior.model import load_prior
-    from stage2_prior.sampling import complete_image, sample_images
+    from stage2_prior.pipeline import Pipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = EdVAE.from_pretrained(args.tokenizer).to(device).eval()
-    prior, spec = load_prior(args.prior, device=device, tokenizer=tokenizer)  # refuses a mismatched tokenizer
-    sampling = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
-                    batch_size=args.batch_size, cfg_scale=args.cfg_scale, class_label=args.class_label,
-                    use_cache=not args.no_cache)
+    pipe = Pipeline.from_pretrained(args.tokenizer, args.prior, device=device, preprocess=args.preprocess)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                    class_label=args.class_label, guidance=args.cfg_scale, batch_size=args.batch_size)
     out = Path(args.out)
     tic = time.perf_counter()
     if args.complete is None:
-        images, codes = sample_images(prior, spec, tokenizer, args.num, **sampling)
+        result = pipe.generate(args.num, use_cache=not args.no_cache, **sampling)
+        images, codes, settings = result.images, result.codes, result.settings
         mode = {"mode": "sample"}
     else:
-        from torchvision.transforms.functional import resize
-
-        size = spec.tokenizer.image_size
-        image = load_image(args.complete)
-        if tuple(image.shape[-2:]) != (size, size):
-            image = resize(image, [size, size], antialias=True).clamp(0, 1)
-        keep = args.keep_rows if args.keep_rows is not None else spec.grid[0] // 2
-        result = complete_image(prior, spec, tokenizer, image, keep, variations=args.num, **sampling)
-        images, codes = result["completions"], result["codes"]
-        save_image_grid(torch.cat([result["kept"], result["reconstruction"]]), out / "input.png", nrow=2)
-        mode = {"mode": "complete", "image": str(args.complete), "keep_rows": keep}
+        if args.no_cache:
+            raise ValueError("--no-cache is for timing plain sampling; drop it with --complete")
+        result = pipe.complete(args.complete, args.keep_rows, args.num, **sampling)
+        images, codes, settings = result.completions, result.codes, result.settings
+        save_image_grid(torch.stack([result.kept, result.reconstruction]), out / "input.png", nrow=2)
+        mode = {"mode": "complete", "image": str(args.complete), "keep_rows": result.keep_rows,
+                "preprocess": pipe.preprocess}
     seconds = time.perf_counter() - tic
-    meta = {**mode, "prior": str(args.prior), "tokenizer": str(args.tokenizer), "num": args.num, **sampling,
-            "grid": list(spec.grid), "image_size": spec.tokenizer.image_size, "seconds": seconds, "device": device}
+    meta = {**mode, "prior": str(args.prior), "tokenizer": str(args.tokenizer), "num": args.num, **settings,
+            "use_cache": not args.no_cache, "grid": list(pipe.grid), "image_size": pipe.image_size,
+            "seconds": seconds, "device": device}
+    if "note" in pipe.sampling_defaults:
+        meta["sampling_note"] = pipe.sampling_defaults["note"]
     save_outputs(out, images, codes, meta)
     print(f"wrote {len(images)} images to {out} in {seconds:.1f} s (grid.png, images/, samples.npz, samples.json)")
     return out

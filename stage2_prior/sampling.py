@@ -8,13 +8,18 @@ app call.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from stage2_prior.model import PriorSpec
+
+# generate() draws from torch's global RNG, so a seeded sampling run must not interleave with another
+# thread's: seeded runs hold this lock (the app serves several users from one process).
+_SEEDED_SAMPLING = threading.Lock()
 
 
 class ClassifierFreeGuidance(LogitsProcessor):
@@ -45,6 +50,19 @@ class ClassifierFreeGuidance(LogitsProcessor):
         return torch.where(torch.isfinite(cond), mixed, cond)  # tokens masked for the cond branch stay masked
 
 
+class ProgressReport(LogitsProcessor):
+    """Calls ``callback(done, total)`` with the tokens sampled so far (over all batches) at every step."""
+
+    def __init__(self, callback: Callable[[int, int], None], done_before: int, batch: int, prompt_len: int,
+                 total: int):
+        self.callback, self.done_before, self.batch, self.prompt_len, self.total = (
+            callback, done_before, batch, prompt_len, total)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.callback(self.done_before + self.batch * (input_ids.shape[1] - self.prompt_len), self.total)
+        return scores
+
+
 def _generation_config(spec: PriorSpec, new_tokens: int, temperature: float, top_k: int | None,
                        top_p: float | None, use_cache: bool) -> GenerationConfig:
     """Every knob set explicitly, so no model default (e.g. top_k=50) leaks in."""
@@ -72,13 +90,14 @@ def _generation_config_as_default(model: Any, config: GenerationConfig) -> Itera
 def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, seed: int | None = 0, batch_size: int = 16, cfg_scale: float = 1.0,
                    class_label: int | None = None, prefix: torch.Tensor | None = None,
-                   use_cache: bool = True) -> torch.Tensor:
+                   use_cache: bool = True, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Sample ``num`` token grids: a LongTensor (num, h, w) of codes in [0, K).
 
     temperature 0 is greedy decoding; ``top_k`` / ``top_p`` filter as usual.
     ``prefix`` (num or 1, n) fixes the first n codes of every grid (completion).
     ``class_label`` conditions a class-conditional prior; ``cfg_scale`` > 1 adds
-    classifier-free guidance. The same ``seed`` (and batch size) gives the same grids.
+    classifier-free guidance. The same ``seed`` (and batch size) gives the same grids, also when
+    other threads sample at the same time. ``progress(done, total)`` is called as tokens are sampled.
     """
     # 1. Check the request against the prior.
     if num <= 0 or batch_size <= 0:
@@ -106,8 +125,10 @@ def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float 
     #    our generation config as the model's own for the call: generate() fills every unset field from
     #    model.generation_config, so a saved setting (repetition_penalty, ...) would otherwise leak in.
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else nullcontext()
+    lock = _SEEDED_SAMPLING if seed is not None else nullcontext()
+    new_per_grid = h * w - prefix.shape[1]
     grids = []
-    with rng, _generation_config_as_default(prior, config):
+    with lock, rng, _generation_config_as_default(prior, config):
         if seed is not None:
             torch.manual_seed(seed)
         for lo in range(0, num, batch_size):
@@ -117,9 +138,13 @@ def generate_codes(prior: Any, spec: PriorSpec, num: int, *, temperature: float 
             prompt = torch.cat([spec.start_tokens(labels, n, device), prefix[lo:lo + n]], dim=1)
             processors = LogitsProcessorList(
                 [ClassifierFreeGuidance(prior, cfg_scale, spec.bos_id)] if cfg_scale != 1.0 else [])
+            if progress is not None:
+                processors.append(ProgressReport(progress, lo * new_per_grid, n, prompt.shape[1], num * new_per_grid))
             out = prior.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                                  generation_config=config, logits_processor=processors)
             grids.append(out[:, 1:].reshape(n, h, w))  # drop the start token: prefix + sampled codes
+    if progress is not None:
+        progress(num * new_per_grid, num * new_per_grid)
     return torch.cat(grids).cpu()
 
 

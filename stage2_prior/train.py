@@ -90,16 +90,17 @@ def validation_nll(model, loader, spec: PriorSpec, accelerator, max_batches: int
 
 
 def sample_grid(model, spec: PriorSpec, cfg: Stage2Config, tokenizer, path: Path, seed: int) -> None:
-    """Decode a grid of samples with the tokenizer (main process only)."""
-    from stage2_prior.sampling import decode_codes, generate_codes
+    """Decode a grid of samples with the tokenizer (main process only), through the same pipeline as the CLI and app."""
+    from stage2_prior.pipeline import Pipeline
 
     t = cfg.train
     was_training = model.training
     model.eval()
     label = 0 if spec.conditional else None
-    codes = generate_codes(model, spec, t.sample_num, temperature=t.sample_temperature, top_k=t.sample_top_k,
-                           seed=seed, batch_size=t.sample_num, class_label=label)
-    save_image_grid(decode_codes(tokenizer, codes), path, nrow=int(math.ceil(math.sqrt(t.sample_num))))
+    samples = Pipeline(tokenizer, model, spec).generate(t.sample_num, temperature=t.sample_temperature,
+                                                        top_k=t.sample_top_k, top_p=1.0, seed=seed,
+                                                        batch_size=t.sample_num, class_label=label, guidance=1.0)
+    save_image_grid(samples.images, path, nrow=int(math.ceil(math.sqrt(t.sample_num))))
     model.train(was_training)
 
 
