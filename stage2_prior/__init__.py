@@ -21,6 +21,7 @@ from .sampling import complete_codes, complete_image, decode_codes, generate_cod
 from .sizes import SIZES, PriorSize
 from .tokens import Manifest, TokenDataset, TokenizerFingerprint, TokenizerMismatchError
 
-__all__ = ["SIZES", "Completion", "ImageInputError", "Manifest", "Pipeline", "PriorSize", "PriorSpec", "Reconstruction",
-           "Samples", "TokenDataset", "TokenizerFingerprint", "TokenizerMismatchError", "build_prior", "complete_codes", "complete_image", "decode_codes",
-           "generate_codes", "load_prior", "sample_images"]
+__all__ = ["SIZES", "Completion", "ImageInputError", "Manifest", "Pipeline", "PriorSize", "PriorSpec",
+           "Reconstruction", "Samples", "TokenDataset", "TokenizerFingerprint", "TokenizerMismatchError",
+           "build_prior", "complete_codes", "complete_image", "decode_codes", "generate_codes", "load_prior",
+           "sample_images"]

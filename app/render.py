@@ -1,0 +1,98 @@
+"""Pictures and files the app shows or offers: token maps, uncertainty heatmaps, PNG + codes downloads."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edvae_common.io import to_uint8
+
+
+def image(tensor: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    return to_uint8(tensor[None])[0]
+
+
+def _upscale(array: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an (h, w, 3) map to (size, size, 3): one block per token."""
+    f = max(1, size // array.shape[0])
+    return array.repeat(f, axis=0).repeat(f, axis=1)
+
+
+def code_palette(codebook_size: int) -> np.ndarray:
+    """A fixed colour per code (codebook_size, 3) uint8: hues spread so that nearby indices differ."""
+    import colorsys
+
+    order = np.random.default_rng(0).permutation(codebook_size)  # neighbours in index get unrelated hues
+    golden = (math.sqrt(5) - 1) / 2
+    colours = [colorsys.hsv_to_rgb((i * golden) % 1.0, 0.55 + 0.45 * ((i * 7) % 3) / 2, 0.65 + 0.35 * ((i * 5) % 2))
+               for i in order]
+    return (np.array(colours) * 255 + 0.5).astype(np.uint8)
+
+
+def token_map(codes: torch.Tensor, codebook_size: int, size: int) -> np.ndarray:
+    """(h, w) codes -> an RGB picture (size x size) with one colour per code index."""
+    return _upscale(code_palette(codebook_size)[codes.numpy()], size)
+
+
+def uncertainty_scale(codebook_size: int, clamp_max: float) -> tuple[float, float]:
+    """The fixed log10 range of u = K/S: from full evidence (logit at the clamp) to none (u = 1)."""
+    smallest = codebook_size / (codebook_size - 1 + math.exp(clamp_max))
+    return math.log10(smallest), 0.0
+
+
+def uncertainty_heatmap(u: torch.Tensor, codebook_size: int, clamp_max: float, size: int) -> np.ndarray:
+    """(h, w) uncertainty -> an 'inferno' heatmap (size x size) on a fixed log scale, the same for every image."""
+    from matplotlib import colormaps
+
+    lo, hi = uncertainty_scale(codebook_size, clamp_max)
+    scaled = ((u.double().clamp_min(1e-30).log10() - lo) / (hi - lo)).clamp(0, 1).numpy()
+    rgb = colormaps["inferno"](scaled)[..., :3]
+    return _upscale((rgb * 255 + 0.5).astype(np.uint8), size)
+
+
+class Downloads:
+    """Files offered for download, in a private temporary folder; folders older than ``keep_s`` are removed."""
+
+    def __init__(self, keep_s: float = 3600.0):
+        self.root = Path(tempfile.mkdtemp(prefix="edvae_app_"))
+        self.keep_s = keep_s
+
+    def _fresh_folder(self) -> Path:
+        now = time.time()
+        for old in self.root.iterdir():
+            if now - old.stat().st_mtime > self.keep_s:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = self.root / uuid.uuid4().hex[:12]
+        folder.mkdir()
+        return folder
+
+    def samples(self, images: np.ndarray, codes: torch.Tensor, stem: str, settings: dict) -> list[str]:
+        """``<stem>.zip`` (one PNG per image) and ``<stem>_codes.npz`` (``codes``, ``images``, the settings)."""
+        import json
+
+        from PIL import Image
+
+        folder = self._fresh_folder()
+        archive = folder / f"{stem}.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:
+            for i, array in enumerate(images):
+                buf = io.BytesIO()
+                Image.fromarray(array).save(buf, format="PNG")
+                z.writestr(f"{stem}_{i:03d}.png", buf.getvalue())
+        npz = folder / f"{stem}_codes.npz"
+        np.savez_compressed(npz, codes=codes.numpy().astype(np.int64), images=images,
+                            settings=np.array(json.dumps(settings)))
+        return [str(archive), str(npz)]
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
