@@ -37,29 +37,23 @@ from edvae_common.io import read_json, write_json
 from .config import DataConfig
 from .data import build_dataset
 from .data.preprocess import Preprocess
+from .evaluation import UNCERTAINTY_REFERENCE_FILE, mean_uncertainty_quantiles, write_uncertainty_reference
 from .model import TRAINING_DATA_FILE, EdVAE
 
 logger = logging.getLogger("stage1.ood")
-REFERENCE_FILE = "uncertainty_reference.json"
 
 
-@torch.no_grad()
 def per_image_scores(model: EdVAE, images: Iterable[torch.Tensor] | Dataset, batch_size: int = 100) -> dict[str, np.ndarray]:
-    """Per-image mean evidential uncertainty and reconstruction MSE (argmax codes, fp32, eval mode)."""
+    """Per-image mean evidential uncertainty and reconstruction MSE (``EdVAE.analyze``: argmax codes, eval mode)."""
     if model.config.quantizer != "edvae":
         raise ValueError(f"only the EdVAE quantizer has an evidential uncertainty; this tokenizer uses "
                          f"'{model.config.quantizer}'")
     loader = DataLoader(images, batch_size=batch_size, shuffle=False) if isinstance(images, Dataset) else images
-    was_training = model.training
-    model.eval()
     unc, mse = [], []
-    device = model.quantizer.codebook.device
     for batch in loader:
-        batch = batch.to(device).float()
-        out = model(batch)
-        unc.append(out.uncertainty.flatten(1).mean(1).cpu())
-        mse.append((out.recon.float() + 0.5 - batch).pow(2).flatten(1).mean(1).cpu())
-    model.train(was_training)
+        out = model.analyze(batch.float())
+        unc.append(out.uncertainty.flatten(1).double().mean(1).cpu())
+        mse.append(out.mse.double().cpu())
     return {"mean_uncertainty": torch.cat(unc).numpy(), "mse": torch.cat(mse).numpy()}
 
 
@@ -73,20 +67,6 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based ranks, ties share their average rank
     n_in, n_out = len(in_scores), len(out_scores)
     return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
-
-
-def uncertainty_quantiles(model: EdVAE, images: Iterable[torch.Tensor] | Dataset, batch_size: int = 100) -> list[float]:
-    """The 0th, 1st, ..., 100th percentiles of the per-image mean uncertainty over ``images``."""
-    scores = per_image_scores(model, images, batch_size)["mean_uncertainty"]
-    return [float(q) for q in np.percentile(scores, np.arange(101))]
-
-
-def percentile_of(value: float, quantiles: list[float]) -> float:
-    """Where ``value`` falls among the images the quantiles were computed on, in percent (0..100)."""
-    q = np.asarray(quantiles, np.float64)
-    if len(q) != 101:
-        raise ValueError(f"expected 101 quantiles (0..100th percentile), got {len(q)}")
-    return float(np.interp(value, q, np.arange(101), left=0.0, right=100.0))
 
 
 def _stack(dataset: Dataset, n: int | None) -> torch.Tensor:
@@ -106,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise sets")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--write-reference", action="store_true",
-                   help=f"also write {REFERENCE_FILE} (training-image percentiles + the measured statement) into the tokenizer folder")
+                   help=f"also write {UNCERTAINTY_REFERENCE_FILE} (training-image percentiles + the measured statement) into the tokenizer folder")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -150,16 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. The reference the app reads: training-image percentiles and what the AUROCs say.
     if args.write_reference:
-        quantiles = uncertainty_quantiles(model, build_dataset(data, "train"))
+        quantiles = mean_uncertainty_quantiles(model, build_dataset(data, "train"))
         parts = [f"{name.replace('_', ' ')} {v['auroc_mean_uncertainty']:.2f}" for name, v in result["sets"].items()]
         statement = (f"Measured on {len(faces)} held-out faces: mean uncertainty separates them from other images "
                      f"with AUROC {', '.join(parts)} (0.5 = chance; reconstruction error as the score: "
                      + ", ".join(f"{n.replace('_', ' ')} {v['auroc_reconstruction_mse']:.2f}" for n, v in result["sets"].items())
                      + "). A high percentile hints that an image is unlike the training faces; it is not a detector.")
-        write_json(folder / REFERENCE_FILE, {"mean_uncertainty_quantiles": quantiles, "statement": statement,
-                                             "training_images": f"train split of {data.dataset}:{data.path}",
-                                             "measured_in": str(args.out)})
-        logger.info("wrote %s", folder / REFERENCE_FILE)
+        path = write_uncertainty_reference(folder, quantiles, statement, measured_in=str(args.out),
+                                           training_images=f"train split of {data.dataset}:{data.path}")
+        logger.info("wrote %s", path)
     return result
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stage1_tokenizer import ood
+from stage1_tokenizer.evaluation import UNCERTAINTY_REFERENCE_FILE
 from tests.stage2_helpers import make_image_npz, make_tokenizer
 
 
@@ -27,15 +28,6 @@ def test_auroc_equals_the_pairwise_count_with_ties():
         ood.auroc([], [1.0])
 
 
-def test_percentile_of_reads_the_quantile_table():
-    q = list(np.linspace(0.2, 0.7, 101))
-    assert ood.percentile_of(0.2, q) == 0.0 and ood.percentile_of(0.7, q) == 100.0
-    assert ood.percentile_of(0.45, q) == pytest.approx(50.0)
-    assert ood.percentile_of(5.0, q) == 100.0 and ood.percentile_of(-1.0, q) == 0.0
-    with pytest.raises(ValueError, match="101"):
-        ood.percentile_of(0.3, q[:50])
-
-
 def test_cli_writes_aurocs_and_the_reference(tmp_path: Path):
     data = make_image_npz(tmp_path / "images.npz", n=40)
     make_tokenizer(tmp_path / "tok", data)
@@ -45,7 +37,7 @@ def test_cli_writes_aurocs_and_the_reference(tmp_path: Path):
     assert set(result["sets"]) == {"upside_down", "noisy", "uniform_noise"} and result["n_in_distribution"] == 4
     for entry in result["sets"].values():
         assert 0.0 <= entry["auroc_mean_uncertainty"] <= 1.0 and 0.0 <= entry["auroc_reconstruction_mse"] <= 1.0
-    reference = json.loads((tmp_path / "tok" / ood.REFERENCE_FILE).read_text())
+    reference = json.loads((tmp_path / "tok" / UNCERTAINTY_REFERENCE_FILE).read_text())
     q = reference["mean_uncertainty_quantiles"]
     assert len(q) == 101 and q == sorted(q) and "AUROC" in reference["statement"]
     # the percentiles are those of the training images' own scores
