@@ -1,4 +1,4 @@
-# Quick start:  make train   (main job: train a tokenizer)   |   make test   (the test suite)
+# Quick start:  make app   (main job: the web UI on the shipped faces)   |   make test   (the test suite)
 # The first call creates .venv and installs the project; later calls reuse it.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/stage1/tiny.yaml
 ARGS ?=
 
-.PHONY: venv train tokens prior sample pipeline evaluate test bench clean-venv
+.PHONY: venv app screenshot train tokens prior sample pipeline evaluate test bench clean-venv
 STAGE1 ?= runs/stage1/tiny
 STAGE2_CONFIG ?= configs/stage2/tiny.yaml
 TOKENS ?= runs/tokens/tiny
@@ -19,6 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+app: $(VENV)/.installed  ## the web UI at http://127.0.0.1:7860: make app [ARGS="--port 8080 --tokenizer DIR --prior DIR ..."]
+	$(PY) -m app $(ARGS)
+
+screenshot: $(VENV)/.installed  ## the browser test (needs chromium + chromium-driver), writing docs/app_screenshot.png
+	APP_SCREENSHOT=docs/app_screenshot.png HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs tests/test_app_browser.py
 
 train: $(VENV)/.installed  ## train a stage-1 tokenizer: make train [CONFIG=...] [ARGS="key=value ..."]
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \

@@ -114,7 +114,8 @@ def load_models(config: AppConfig, device: Optional[str] = None, tokenizer: Opti
     if tokenizer or prior:
         if not (tokenizer and prior):
             raise ValueError("--tokenizer and --prior go together: pass both folders (or Hub ids)")
-        entries = {CUSTOM: ModelEntry(title=f"{Path(prior).name or prior} ({tokenizer})", tokenizer=tokenizer,
+        short = "/".join(Path(prior).parts[-2:])
+        entries = {CUSTOM: ModelEntry(title=f"custom pair ({short})", tokenizer=tokenizer,
                                       prior=prior, preprocess=preprocess, missing="the given folders"), **entries}
         default = CUSTOM
     models = {name: load_model(name, entry, device) for name, entry in entries.items()}

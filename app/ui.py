@@ -10,7 +10,9 @@ from app.handlers import Handlers, user_errors
 from app.registry import AppModel, Limits
 
 TITLE = "EdVAE generator"
-CSS = ".pixelated img { image-rendering: pixelated; }"  # small images are shown large: keep their pixels sharp
+# small images (64 x 64) are shown large: fill the box, keep the pixels sharp
+CSS = ".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+SHOWN = 220  # height of the image boxes, pixels
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 
 
@@ -87,29 +89,29 @@ def build_ui(models: dict[str, AppModel], default: str, limits: Limits, handlers
             with gr.Row():
                 with gr.Column(scale=1):
                     rec_image = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"],
-                                         elem_id="reconstruct-input")
+                                         elem_id="reconstruct-input", height=SHOWN, elem_classes=["pixelated"])
                     if examples:
                         gr.Examples(examples=examples, inputs=rec_image, label="Examples")
                     rec_button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
                 with gr.Column(scale=2):
                     with gr.Row():
                         seen = gr.Image(label="As the model sees it", format="png", elem_classes=["pixelated"],
-                                        interactive=False, elem_id="model-input")
+                                        interactive=False, elem_id="model-input", height=SHOWN)
                         recon = gr.Image(label="Reconstruction", format="png", elem_classes=["pixelated"],
-                                         interactive=False, elem_id="reconstruction")
+                                         interactive=False, elem_id="reconstruction", height=SHOWN)
                     with gr.Row():
-                        tokens = gr.Image(label="Token map (colour = code index)", format="png",
+                        tokens = gr.Image(label="Token map (colour = code)", format="png", height=SHOWN,
                                           elem_classes=["pixelated"], interactive=False, elem_id="token-map")
-                        heat = gr.Image(label="Evidential uncertainty u = K/S (log scale, bright = uncertain)",
-                                        format="png", elem_classes=["pixelated"], interactive=False,
-                                        elem_id="uncertainty")
+                        heat = gr.Image(label="Uncertainty u = K/S (bright = uncertain)", format="png", height=SHOWN,
+                                        elem_classes=["pixelated"], interactive=False, elem_id="uncertainty")
                     explanation = gr.Markdown(elem_id="uncertainty-text")
                     numbers = gr.JSON(label="Numbers")
 
         with gr.Tab("Complete", id="complete"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    comp_image = gr.Image(type="filepath", label="Image to complete", sources=["upload", "clipboard"])
+                    comp_image = gr.Image(type="filepath", label="Image to complete", sources=["upload", "clipboard"],
+                                          height=SHOWN, elem_classes=["pixelated"])
                     if examples:
                         gr.Examples(examples=examples, inputs=comp_image, label="Examples")
                     keep_rows = gr.Slider(0, c["rows"] - 1, value=c["rows"] // 2, step=1,
@@ -121,7 +123,7 @@ def build_ui(models: dict[str, AppModel], default: str, limits: Limits, handlers
                 with gr.Column(scale=2):
                     with gr.Row():
                         kept = gr.Image(label="Kept (the rest greyed out)", format="png", elem_classes=["pixelated"],
-                                        interactive=False, scale=1)
+                                        interactive=False, scale=1, height=SHOWN)
                         completions = gr.Gallery(label="Completions", columns=4, format="png",
                                                  elem_classes=["pixelated"], object_fit="contain", height="auto",
                                                  scale=3)
