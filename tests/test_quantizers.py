@@ -56,7 +56,8 @@ def test_gs_vqvae_logits_are_negative_squared_distances():
 
 
 def test_vqvae_ema_commitment_straight_through_and_ema_update_by_hand():
-    q = EMAVectorQuantizer(codebook_size=2, codebook_dim=1, decay=0.5, commitment=0.25, eps=0.0).train()
+    q = EMAVectorQuantizer(codebook_size=2, codebook_dim=1, decay=0.5, commitment=0.25, eps=0.0,
+                           variant="project-v1").train()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0], [1.0]]))
         q.ema_sum.copy_(q.codebook)
@@ -221,7 +222,8 @@ def test_evaluation_argmax_is_the_nearest_code(name):
 
 
 def test_vqste_pp_inner_step_loss_terms_and_synchronized_gradients_by_hand():
-    q = AffineVQQuantizer(codebook_size=2, codebook_dim=1, affine="learned", sync_nu=0.2, inner_lr=0.5).train()
+    q = AffineVQQuantizer(codebook_size=2, codebook_dim=1, variant="project-v1", affine="learned", sync_nu=0.2,
+                          inner_lr=0.5).train()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0], [1.0]]))
     z = torch.tensor([0.1, 0.2, 0.9]).view(1, 1, 1, 3).requires_grad_()
@@ -278,8 +280,8 @@ def _ddp_worker(rank: int, init_file: str, results: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)  # the same initial quantizer on both processes
-    q = AffineVQQuantizer(codebook_size=8, codebook_dim=2).train()
-    torch.manual_seed(100 + rank)  # different data on each process
+    q = AffineVQQuantizer(codebook_size=8, codebook_dim=2, kmeans_init=True).train()  # vqtorch: momentum + k-means
+    torch.manual_seed(100 + rank)  # different data (and random streams) on each process
     for _ in range(3):
         q(torch.randn(2, 2, 3, 3) * (1 + rank))
     torch.save({k: v.clone() for k, v in q.state_dict().items()}, f"{results}/rank{rank}.pt")
@@ -294,6 +296,7 @@ def test_vqste_pp_statistics_and_codebook_stay_identical_under_ddp(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fresh = AffineVQQuantizer(codebook_size=8, codebook_dim=2)
     assert not torch.equal(a["codebook"], fresh.codebook.detach())  # the inner steps did move it
+    assert a["inner_velocity"].abs().sum() > 0 and bool(a["data_initialized"])
 
 
 # ---------------------------------------------------------------------------------------------- real data
@@ -306,7 +309,7 @@ def test_new_baselines_lower_the_mse_on_real_images(cifar_npz, tmp_path, quantiz
     # by step 100 on this data.
     import json
 
-    from conftest import train_args
+    from tests.conftest import train_args
     from stage1_tokenizer import train as train_script
 
     run = tmp_path / "run"
