@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUIET, TINY_CONFIG
+from tests.conftest import QUIET, TINY_CONFIG
 from edvae_common import ConfigError
 from stage1_tokenizer import compare
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import QUIET, ROOT, TINY_CONFIG, train_args
+from tests.conftest import QUIET, ROOT, TINY_CONFIG, train_args
 from edvae_common import ConfigError
 from stage1_tokenizer import EdVAE
 from stage1_tokenizer import evaluate as evaluate_cli
