@@ -12,6 +12,9 @@ from typing import List, Optional
 from edvae_common.config import check, mixed_precision_setting
 
 EVAL_CODES = ("argmax", "sample")
+# Named settings of two baselines (docs/stage1.md, "Baseline settings and whose they are")
+VQVAE_EMA_VARIANTS = ("sonnet", "project-v1")
+VQSTE_PP_VARIANTS = ("vqtorch", "project-v1")
 DATASETS = ("cifar10", "celeba", "lsun_church", "npz", "folder", "hf", "auto")
 
 
@@ -32,6 +35,15 @@ class ModelConfig:
     # conv biases: 'default' = PyTorch's init, as the release; 'zero' helps small CPU-sized models leave the
     # initial MSE plateau sooner (weights are N(0, 0.02) either way)
     conv_bias_init: str = "default"
+    # Baselines as their authors run them; the other quantizers ignore these. 'project-v1': this project's
+    # first settings, kept selectable for its earlier results (docs/stage1.md).
+    # vqvae_ema: 'sonnet' = Sonnet's VectorQuantizerEMA (EMA counts and sums start at zero, debiased);
+    # 'project-v1' = counts start at one, sums at the initial codebook
+    vqvae_ema_variant: str = "sonnet"
+    # vqste_pp: 'vqtorch' = the authors' library (codebook loss only, in-place SGD lr 50 momentum 0.9 on the
+    # mean loss); 'project-v1' = codebook loss + 0.25 commitment, in-place step lr 0.5 without momentum
+    vqste_pp_variant: str = "vqtorch"
+    vqste_pp_kmeans_init: bool = False   # VQ-STE++ codes from k-means of the first training batch (vqtorch's option)
 
     def __post_init__(self) -> None:
         check(self.architecture in ("edvae", "vqvae"), "model.architecture",
@@ -52,6 +64,12 @@ class ModelConfig:
         check(self.clamp_max > 0, "model.clamp_max", f"must be positive, got {self.clamp_max}")
         check(self.conv_bias_init in ("default", "zero"), "model.conv_bias_init",
               f"must be 'default' or 'zero', got '{self.conv_bias_init}'")
+        check(self.vqvae_ema_variant in VQVAE_EMA_VARIANTS, "model.vqvae_ema_variant",
+              f"must be 'sonnet' (Sonnet's EMA, the default) or 'project-v1' (this project's first version), "
+              f"got '{self.vqvae_ema_variant}'")
+        check(self.vqste_pp_variant in VQSTE_PP_VARIANTS, "model.vqste_pp_variant",
+              f"must be 'vqtorch' (the authors' library, the default) or 'project-v1' (this project's first "
+              f"version), got '{self.vqste_pp_variant}'")
 
     @property
     def downsample(self) -> int:

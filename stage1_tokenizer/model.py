@@ -67,12 +67,15 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
     def __init__(self, quantizer: str = "edvae", architecture: str = "edvae", image_channels: int = 3,
                  channels: int = 128, channel_mults: list[int] | tuple[int, ...] = (1, 2, 4), blocks_per_group: int = 2,
                  first_kernel: int = 3, codebook_size: int = 512, codebook_dim: int = 16, clamp_max: float = 20.0,
-                 conv_bias_init: str = "default"):
+                 conv_bias_init: str = "default", vqvae_ema_variant: str = "sonnet", vqste_pp_variant: str = "vqtorch",
+                 vqste_pp_kmeans_init: bool = False):
         super().__init__()
         self.config = ModelConfig(quantizer=quantizer, architecture=architecture, image_channels=image_channels,
                                   channels=channels, channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
                                   first_kernel=first_kernel, codebook_size=codebook_size,
-                                  codebook_dim=codebook_dim, clamp_max=clamp_max, conv_bias_init=conv_bias_init)
+                                  codebook_dim=codebook_dim, clamp_max=clamp_max, conv_bias_init=conv_bias_init,
+                                  vqvae_ema_variant=vqvae_ema_variant, vqste_pp_variant=vqste_pp_variant,
+                                  vqste_pp_kmeans_init=vqste_pp_kmeans_init)
         cfg = self.config
         quantizer_cls = get_quantizer_class(cfg.quantizer)
         code_channels = quantizer_cls.encoder_channels(cfg.codebook_size, cfg.codebook_dim)
