@@ -54,6 +54,9 @@ class Handlers:
 
     # ------------------------------------------------------------------ checks
     def pipeline(self, model: Any):
+        if not any(m.available for m in self.models.values()):
+            problems = "; ".join(f"{name}: {m.problem}" for name, m in self.models.items())
+            raise ValueError(f"no model is loaded on this server ({problems or 'none configured in configs/app.yaml'})")
         if not isinstance(model, str) or model not in self.models:
             known = ", ".join(f"'{m}'" for m in self.models) or "none"
             raise ValueError(f"unknown model {model!r}; this server offers {known}")
@@ -103,9 +106,7 @@ class Handlers:
                 except (binascii.Error, ValueError):
                     raise ImageInputError("the uploaded data URL is not valid base64") from None
             raise ImageInputError("send the image as a file upload (URLs are not fetched by this server)")
-        if isinstance(image, str):
-            return image
-        return image  # PIL image or array (in-process calls)
+        return image  # a path, PIL image or array (in-process calls)
 
     @staticmethod
     def progress_reporter(progress: Any, what: str) -> Callable[[int, int], None]:
@@ -132,7 +133,9 @@ class Handlers:
             top_k=None if top_k is None else self.integer("top_k", top_k, 0, k),
             top_p=None if top_p is None else self.number("top_p", top_p, 1e-6, 1.0),
             seed=self.seed(seed))
-        label = self.integer("class_label", -1 if class_label is None else class_label, -1, max(pipe.num_classes - 1, -1))
+        if not pipe.num_classes and class_label not in (None, -1):
+            raise ValueError(f"model '{model}' is unconditional: leave class_label at -1")
+        label = self.integer("class_label", -1 if class_label is None else class_label, -1, pipe.num_classes - 1)
         if label >= 0:
             settings.update(class_label=label,
                             guidance=None if guidance is None else self.number("guidance", guidance, 0.0, 20.0))

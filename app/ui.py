@@ -35,11 +35,13 @@ def _controls(pipe) -> dict:
     """Values and ranges of the per-model controls (sampling defaults, classes, token rows)."""
     d = pipe.sampling_defaults
     classes = [("none (unconditional)", -1)] + [(str(c), c) for c in range(pipe.num_classes)]
-    note = d.get("note")
+    note = ""
+    if d.get("note"):  # the prior folder's sampling.json says how its defaults were chosen
+        note = (f"Sampling defaults recommended for this model: temperature {d['temperature']:g}, "
+                f"top-k {d['top_k'] or 'off'}, top-p {d['top_p']:g} ({d['note']}).")
     return dict(temperature=d["temperature"], top_k=d["top_k"] or 0, top_p=d["top_p"],
                 guidance=d["guidance"], classes=classes, conditional=pipe.num_classes > 0,
-                max_k=pipe.spec.codebook_size, rows=pipe.grid[0],
-                note=f"Defaults recommended for this model: {note}" if note else "")
+                max_k=pipe.spec.codebook_size, rows=pipe.grid[0], note=note)
 
 
 def build_ui(models: dict[str, AppModel], default: str, limits: Limits, handlers: Handlers,

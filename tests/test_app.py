@@ -117,6 +117,8 @@ def test_class_conditional_model_takes_class_and_guidance(client):
     assert len(gallery) == 2
     with pytest.raises(AppError, match="class_label must be between -1 and 2"):
         client.predict("cond", 2, class_label=5, api_name="/generate")
+    with pytest.raises(AppError, match="'tiny' is unconditional"):
+        client.predict("tiny", 2, class_label=1, api_name="/generate")
 
 
 def test_bad_inputs_get_a_message_and_the_server_keeps_serving(client, tmp_path):
