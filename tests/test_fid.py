@@ -50,7 +50,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_difference(standin: Pat
     assert other > 1e-3 and further > other
     # cached real statistics give the same number
     first = fid.compute_fid(a, b, extractor, cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("real_*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("real_*.npz"))) == 1
     assert fid.compute_fid(a, b, extractor, cache_dir=tmp_path / "cache") == pytest.approx(first, rel=1e-9)
     assert first == pytest.approx(other, rel=1e-9)
 

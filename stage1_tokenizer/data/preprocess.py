@@ -33,6 +33,14 @@ class Preprocess:
         crop = [T.CenterCrop(CELEBA_CROP)] if kind == "celeba" else []
         self.transform = T.Compose([T.ToImage(), *crop, *resize, T.ToDtype(torch.float32, scale=True)])
 
+    def describe(self) -> str:
+        """The preprocessing in words (recorded with FID statistics and token sets)."""
+        s = self.size
+        steps = {"celeba": f"center crop {CELEBA_CROP}, bilinear resize to {s}x{s}",
+                 "lsun_church": f"bilinear resize to {s}x{s} (non-square images squeezed, not cropped)"}
+        done = steps.get(self.kind, f"bilinear resize of the shorter side to {s}, center crop {s}x{s}")
+        return f"{self.kind}: {done} (antialiased, on uint8); images already {s}x{s} are used as they are"
+
     def __call__(self, image: Any) -> torch.Tensor:
         if isinstance(image, np.ndarray):
             if image.shape[0] == self.size and image.shape[1] == self.size:

@@ -16,12 +16,27 @@ size are taken as preprocessed and used as they are.
 
 Generic sources: ``npz`` (key ``images``, uint8 N x H x W x 3), ``folder``
 (``train/`` and ``test/`` subfolders, or a flat folder), ``hf`` (a saved
-``datasets`` folder or a Hub id); ``auto`` guesses which from ``path``. Sources
-without a test split hold out a fixed, seeded ``test_fraction``.
+``datasets`` folder or a Hub id); ``auto`` guesses which from ``path``. A named
+dataset also reads a Hub dataset with its own preprocessing when ``path`` is
+``hf:user/name``.
+
+Splits: the ``test`` split is the source's own wherever it has one (CIFAR-10's test
+set, CelebA's official test partition, LSUN's ``*_val_lmdb``, a folder's ``test/``
+(or ``val/``, ``validation/``), a ``datasets`` source's ``test`` / ``validation``);
+only sources without one hold out a fixed, seeded ``test_fraction``. ``all`` is
+train + test where there are splits, every image otherwise. Each dataset carries
+``split_rule``, the rule in words.
+
+LSUN LMDBs are read directly (``LMDBImages``): the list of keys is cached in a cache
+folder (``EDVAE_CACHE_DIR`` or ``~/.cache/edvae``, ``lsun/``), never in the working
+directory (torchvision's ``LSUN`` writes ``_cache_*`` files there).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -29,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ..config import DataConfig
 from .preprocess import Preprocess
@@ -37,7 +52,9 @@ from .preprocess import Preprocess
 NAMED = ("cifar10", "celeba", "lsun_church")
 GENERIC = ("npz", "folder", "hf")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "all")
+TEST_FOLDERS = ("test", "val", "validation", "valid")  # a folder's test split, in this order of preference
+HUB_PREFIX = "hf:"  # data.path=hf:user/name reads a Hub dataset with a named dataset's preprocessing
 logger = logging.getLogger("stage1.data")
 
 
@@ -103,8 +120,23 @@ class WrappedDataset(Dataset):
         return self.preprocess(item.convert("RGB") if hasattr(item, "convert") else item)
 
 
+class ConcatImages(ConcatDataset):
+    """Several parts of one source (train + test for ``split='all'``), labels concatenated when all have them."""
+
+    def __init__(self, parts: Sequence[Dataset], split_rule: str):
+        super().__init__(parts)
+        labels = [getattr(p, "labels", None) for p in parts]
+        self.labels = None if any(x is None for x in labels) else np.concatenate(labels)
+        self.split_rule = split_rule
+
+
 def held_out_split(n: int, split: str, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a fixed, seeded train/test split of ``n`` items (test = the first ``fraction`` of a permutation)."""
+    """Indices of a fixed, seeded train/test split of ``n`` items (test = the first ``fraction`` of a permutation).
+
+    ``split='all'`` gives every index.
+    """
+    if split == "all":
+        return np.arange(n)
     if n < 2:
         raise ValueError(f"need at least 2 images to hold out a test split, found {n}")
     perm = np.random.default_rng(seed).permutation(n)
@@ -123,6 +155,8 @@ def detect_source(path: str | None) -> str:
         if (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file() or (p / "state.json").is_file():
             return "hf"
         return "folder"
+    if path.startswith(HUB_PREFIX):
+        return "hf"
     if not p.exists() and path.count("/") == 1 and not path.startswith((".", "/")):
         return "hf"  # a Hub id such as 'user/name'
     raise DataNotFoundError(f"data.path '{path}' does not exist (expected an .npz file, an image folder, a saved "
@@ -143,8 +177,17 @@ def load_npz(path: str, split: str, cfg: DataConfig, preprocess: Preprocess) -> 
         raise ValueError(f"'{path}': 'images' must be uint8 of shape N x H x W x 3, got {images.dtype} {images.shape}")
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"'{path}': 'labels' has {len(labels)} entries for {len(images)} images")
-    return ArrayDataset(images, held_out_split(len(images), split, cfg.test_fraction, cfg.split_seed), preprocess,
-                        labels)
+    ds = ArrayDataset(images, held_out_split(len(images), split, cfg.test_fraction, cfg.split_seed), preprocess,
+                      labels)
+    ds.split_rule = _held_out_rule(split, cfg)
+    return ds
+
+
+def _held_out_rule(split: str, cfg: DataConfig) -> str:
+    if split == "all":
+        return "all images (the source has no split)"
+    return (f"seeded held-out split (the source has none): {split} part of test_fraction={cfg.test_fraction}, "
+            f"split_seed={cfg.split_seed}")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -155,20 +198,27 @@ def load_folder(path: str, split: str, cfg: DataConfig, preprocess: Preprocess) 
     root = Path(path)
     if not root.is_dir():
         raise DataNotFoundError(f"image folder '{path}' does not exist")
-    split_dirs = {"train": root / "train", "test": root / "test"}
-    if split_dirs["train"].is_dir() and split_dirs["test"].is_dir():
-        files = _image_files(split_dirs[split])
+    test_dir = next((root / name for name in TEST_FOLDERS if (root / name).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        dirs = {"train": [root / "train"], "test": [test_dir], "all": [root / "train", test_dir]}[split]
+        files = [f for d in dirs for f in _image_files(d)]
+        rule = f"the folder's own split: {' + '.join(d.name + '/' for d in dirs)}"
     else:
         all_files = _image_files(root)
         files = [all_files[i] for i in held_out_split(len(all_files), split, cfg.test_fraction, cfg.split_seed)] \
             if len(all_files) >= 2 else all_files
+        rule = _held_out_rule(split, cfg)
     if not files:
         raise DataNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under '{root}' for split '{split}'")
-    return FileDataset(files, preprocess)
+    ds = FileDataset(files, preprocess)
+    ds.split_rule = rule
+    return ds
 
 
 def load_hf(path: str, split: str, cfg: DataConfig, preprocess: Preprocess) -> Dataset:
     import datasets
+
+    path = path[len(HUB_PREFIX):] if path.startswith(HUB_PREFIX) else path
 
     try:
         if Path(path).is_dir():
@@ -181,16 +231,26 @@ def load_hf(path: str, split: str, cfg: DataConfig, preprocess: Preprocess) -> D
     except ConnectionError as err:
         raise DataNotFoundError(f"could not reach the Hugging Face Hub for '{path}' ({err}); save the dataset "
                                 "with save_to_disk() where there is network and pass that folder") from err
-    if isinstance(ds, datasets.DatasetDict):
-        aliases = {"train": ["train"], "test": ["test", "validation", "valid", "val"]}
-        name = next((s for s in aliases[split] if s in ds), None)
-        if name is not None:
-            part, indices = ds[name], None
-        else:
-            part = ds[next(iter(ds))]
-            indices = held_out_split(len(part), split, cfg.test_fraction, cfg.split_seed)
-    else:
-        part, indices = ds, held_out_split(len(ds), split, cfg.test_fraction, cfg.split_seed)
+    aliases = {"train": ["train"], "test": ["test", "validation", "valid", "val"]}
+    names = {s: next((a for a in aliases[s] if a in ds), None) for s in aliases} \
+        if isinstance(ds, datasets.DatasetDict) else {"train": None, "test": None}
+    if names["train"] is not None and names["test"] is not None:  # its own split; else a held-out one, below
+        wanted = [names["train"], names["test"]] if split == "all" else [names[split]]
+        parts = [_hf_part(ds[name], path, preprocess) for name in wanted]
+        rule = f"the dataset's own split: {' + '.join(repr(n) for n in wanted)}"
+        if len(parts) == 1:
+            parts[0].split_rule = rule
+            return parts[0]
+        return ConcatImages(parts, rule)
+    part = ds[names["train"] or next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds
+    out = _hf_part(part, path, preprocess, held_out_split(len(part), split, cfg.test_fraction, cfg.split_seed))
+    out.split_rule = _held_out_rule(split, cfg)
+    return out
+
+
+def _hf_part(part: Any, path: str, preprocess: Preprocess, indices: np.ndarray | None = None) -> "WrappedDataset":
+    import datasets
+
     key = next((k for k, f in part.features.items() if isinstance(f, datasets.Image)), None)
     if key is None:
         raise ValueError(f"the datasets source '{path}' has no Image column (columns: {', '.join(part.features)})")
@@ -217,7 +277,9 @@ def load_cifar10(root: str, split: str, cfg: DataConfig, preprocess: Preprocess)
         base = CIFAR10(root, train=(split == "train"), download=cfg.download)
     except RuntimeError as err:
         raise _torchvision_error("CIFAR-10", root, "Pass data.download=true to fetch it with torchvision (needs network).", err) from err
-    return WrappedDataset(base, preprocess)
+    ds = WrappedDataset(base, preprocess)
+    ds.split_rule = f"CIFAR-10's own split: the official {split} set"
+    return ds
 
 
 CELEBA_PARTITION = {"train": "0", "valid": "1", "test": "2"}
@@ -245,7 +307,9 @@ def load_celeba(root: str, split: str, cfg: DataConfig, preprocess: Preprocess) 
             base = CelebA(root, split=split, target_type=[], download=True)
         except (RuntimeError, OSError) as err:
             raise _torchvision_error("CelebA", root, "torchvision's download (Google Drive) failed.", err) from err
-        return WrappedDataset(base, preprocess)
+        ds = WrappedDataset(base, preprocess)
+        ds.split_rule = f"CelebA's official {split} partition (torchvision)"
+        return ds
     if folder is None:
         raise DataNotFoundError(
             f"CelebA was not found: looked for img_align_celeba/ and list_eval_partition.txt under '{root}' and "
@@ -261,26 +325,99 @@ def load_celeba(root: str, split: str, cfg: DataConfig, preprocess: Preprocess) 
     if not files or missing:
         raise DataNotFoundError(f"CelebA under '{folder}' is incomplete: {len(files)} '{split}' entries in "
                                 f"list_eval_partition.txt, missing e.g. {', '.join(str(m) for m in missing[:2])}")
-    return FileDataset(files, preprocess)
+    ds = FileDataset(files, preprocess)
+    ds.split_rule = f"CelebA's official {split} partition (list_eval_partition.txt: {wanted})"
+    return ds
+
+
+def cache_root() -> Path:
+    """Where data-side caches go: ``$EDVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/edvae``, else ``~/.cache/edvae``."""
+    if os.environ.get("EDVAE_CACHE_DIR"):
+        return Path(os.environ["EDVAE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edvae"
+
+
+class LMDBImages(Dataset):
+    """Encoded images (JPEG, WEBP, ...) stored as values under string keys in an LMDB, the way LSUN ships them.
+
+    Items are in key order (an LMDB cursor's order, as torchvision's ``LSUN``). The key list
+    is made once and kept in ``cache_dir`` (default ``cache_root() / 'lsun'``), under a name
+    derived from the LMDB's absolute path, and rebuilt when ``data.mdb`` changes; nothing is
+    written to the working directory or into the data folder. The LMDB is opened lazily, once
+    per process, so the dataset works with DataLoader workers.
+    """
+
+    def __init__(self, path: str | Path, preprocess: Callable, cache_dir: str | Path | None = None):
+        try:
+            import lmdb  # noqa: F401
+        except ImportError as err:
+            raise ImportError("reading LSUN LMDB files needs the 'lmdb' package: pip install lmdb "
+                              "(or pip install -e '.[lsun]')") from err
+        self.path, self.preprocess = Path(path).resolve(), preprocess
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "lsun"
+        self._env, self._pid = None, None
+        self.keys = self._load_keys()
+
+    def _open(self):
+        import lmdb
+
+        if self._env is None or self._pid != os.getpid():
+            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False,
+                                  max_readers=126)
+            self._pid = os.getpid()
+        return self._env
+
+    def _load_keys(self) -> list[bytes]:
+        data = self.path / "data.mdb"
+        st = data.stat() if data.is_file() else self.path.stat()
+        stamp = {"path": str(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        name = hashlib.sha1(str(self.path).encode()).hexdigest()[:16]
+        cache = self.cache_dir / f"{self.path.name}-{name}.keys"
+        try:
+            header, *lines = cache.read_text().splitlines()
+            if json.loads(header) == stamp:
+                return [bytes.fromhex(line) for line in lines]
+        except (OSError, ValueError):
+            pass
+        with self._open().begin(write=False) as txn:
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+        try:  # best effort: a read-only cache folder only costs the listing next time
+            from edvae_common.io import atomic_write_text
+
+            atomic_write_text(cache, "\n".join([json.dumps(stamp), *(k.hex() for k in keys)]) + "\n")
+        except OSError as err:
+            logger.info("LSUN key cache not written (%s): %s", cache, err)
+        return keys
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_env": None, "_pid": None}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with self._open().begin(write=False) as txn:
+            buf = txn.get(self.keys[i])
+        if buf is None:
+            raise KeyError(f"key {self.keys[i]!r} is missing from '{self.path}' (was the LMDB changed?)")
+        with Image.open(io.BytesIO(buf)) as img:
+            return self.preprocess(img.convert("RGB"))
 
 
 def load_lsun_church(root: str, split: str, cfg: DataConfig, preprocess: Preprocess) -> Dataset:
+    """LSUN church_outdoor from its LMDBs: ``church_outdoor_train_lmdb`` (train), ``church_outdoor_val_lmdb`` (test)."""
     lmdb_dir = Path(root) / f"church_outdoor_{'train' if split == 'train' else 'val'}_lmdb"
     if not lmdb_dir.is_dir():
         raise DataNotFoundError(
             f"LSUN church_outdoor was not found: looked for '{lmdb_dir}'. Get it with the LSUN download script "
             "(github.com/fyu/lsun: download.py -c church_outdoor) and unzip it under data.path, or point data.path at "
-            "an image folder (train/ and test/ subfolders) or an .npz file."
+            "an image folder (train/ and test/ subfolders), an .npz file or a Hub dataset (hf:user/name)."
         )
-    try:
-        from torchvision.datasets import LSUN
-    except ImportError as err:  # pragma: no cover
-        raise ImportError("reading LSUN LMDB files needs the 'lmdb' package: pip install lmdb") from err
-    try:
-        base = LSUN(root, classes=[lmdb_dir.name[: -len("_lmdb")]])
-    except ImportError as err:
-        raise ImportError("reading LSUN LMDB files needs the 'lmdb' package: pip install lmdb") from err
-    return WrappedDataset(base, preprocess)
+    ds = LMDBImages(lmdb_dir, preprocess)
+    ds.split_rule = f"LSUN's own split: {lmdb_dir.name}"
+    return ds
 
 
 NAMED_LOADERS = {"cifar10": load_cifar10, "celeba": load_celeba, "lsun_church": load_lsun_church}
@@ -296,7 +433,10 @@ def _uses_generic_loader(name: str, root: Path, download: bool) -> bool:
 
 
 def build_dataset(cfg: DataConfig, split: str) -> Dataset:
-    """The ``split`` ('train' or 'test') of the source ``cfg`` describes, as (3, S, S) float tensors in [0, 1]."""
+    """The ``split`` ('train', 'test' or 'all') of the source ``cfg`` describes, as (3, S, S) float tensors in [0, 1].
+
+    The dataset's ``split_rule`` says which images the split is (the source's own split, or a held-out one).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
     name = cfg.dataset
@@ -306,12 +446,18 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     preprocess = Preprocess(name if name in NAMED else "generic", cfg.image_size)
     if name in NAMED:
         root = cfg.path or os.path.join("data", name)
+        if str(root).startswith(HUB_PREFIX):  # a Hub dataset with this dataset's preprocessing
+            logger.info("data: %s from the datasets source '%s'", name, root[len(HUB_PREFIX):])
+            return load_hf(root, split, cfg, preprocess)
         if _uses_generic_loader(name, Path(root), cfg.download):
             kind = detect_source(root)
             logger.info("data: %s from '%s' read as %s (%s preprocessing; a %s split)", name, root, kind, name,
                         "held-out" if kind == "npz" else "train/test-folder or held-out")
             return GENERIC_LOADERS[kind](root, split, cfg, preprocess)
         logger.info("data: %s from '%s' with its official %s split", name, root, split)
+        if split == "all":
+            parts = [NAMED_LOADERS[name](root, s, cfg, preprocess) for s in ("train", "test")]
+            return ConcatImages(parts, " + ".join(p.split_rule for p in parts))
         return NAMED_LOADERS[name](root, split, cfg, preprocess)
     kind = detect_source(cfg.path) if name == "auto" else name
     if cfg.path is None:
