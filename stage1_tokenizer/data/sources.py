@@ -337,6 +337,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edvae"
 
 
+_LMDB_ENVS: dict[tuple[str, int], Any] = {}  # one read-only handle per LMDB and process (lmdb refuses a second)
+
+
+def _lmdb_env(path: Path) -> Any:
+    import lmdb
+
+    key = (str(path), os.getpid())
+    if key not in _LMDB_ENVS:
+        _LMDB_ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
+                                    max_readers=126)
+    return _LMDB_ENVS[key]
+
+
 class LMDBImages(Dataset):
     """Encoded images (JPEG, WEBP, ...) stored as values under string keys in an LMDB, the way LSUN ships them.
 
@@ -359,12 +372,8 @@ class LMDBImages(Dataset):
         self.keys = self._load_keys()
 
     def _open(self):
-        import lmdb
-
         if self._env is None or self._pid != os.getpid():
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False,
-                                  max_readers=126)
-            self._pid = os.getpid()
+            self._env, self._pid = _lmdb_env(self.path), os.getpid()
         return self._env
 
     def _load_keys(self) -> list[bytes]:
