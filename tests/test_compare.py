@@ -46,7 +46,7 @@ def test_compare_cli_reports_missing_data_without_a_traceback(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     result = subprocess.run([sys.executable, "-m", "stage1_tokenizer.compare", "--config", str(TINY_CONFIG),
                              "--quantizers", "dvae", f"output_dir={tmp_path}/c", f"data.path={tmp_path}/none.npz",
