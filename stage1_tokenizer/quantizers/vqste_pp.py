@@ -177,9 +177,8 @@ class AffineVQQuantizer(Quantizer):
 
     @classmethod
     def from_config(cls, cfg) -> "AffineVQQuantizer":
-        # model.vqste_pp_variant / model.vqste_pp_kmeans_init; a config without them gets the defaults
-        return cls(cfg.codebook_size, cfg.codebook_dim, variant=getattr(cfg, "vqste_pp_variant", "vqtorch"),
-                   kmeans_init=getattr(cfg, "vqste_pp_kmeans_init", False))
+        return cls(cfg.codebook_size, cfg.codebook_dim, variant=cfg.vqste_pp_variant,
+                   kmeans_init=cfg.vqste_pp_kmeans_init)
 
     @staticmethod
     def encoder_channels(codebook_size: int, codebook_dim: int) -> int:

@@ -73,8 +73,7 @@ class EMAVectorQuantizer(Quantizer):
 
     @classmethod
     def from_config(cls, cfg) -> "EMAVectorQuantizer":
-        # model.vqvae_ema_variant; a config without it gets the default
-        return cls(cfg.codebook_size, cfg.codebook_dim, variant=getattr(cfg, "vqvae_ema_variant", "sonnet"))
+        return cls(cfg.codebook_size, cfg.codebook_dim, variant=cfg.vqvae_ema_variant)
 
     @staticmethod
     def encoder_channels(codebook_size: int, codebook_dim: int) -> int:
