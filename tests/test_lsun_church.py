@@ -114,7 +114,7 @@ def test_torchvision_lsun_would_write_its_cache_into_the_working_directory(lsun_
     monkeypatch.chdir(tmp_path)
     theirs = LSUN(str(root), classes=["church_outdoor_val"])
     assert any(name.startswith("_cache_") for name in os.listdir(tmp_path))
-    their_images = [np.asarray(theirs[i][0]) for i in range(len(theirs))]
+    their_images = [np.array(theirs[i][0]) for i in range(len(theirs))]
     theirs.dbs[0].env.close()
     ours = sources.LMDBImages(path, lambda img: torch.from_numpy(np.array(img)), cache_dir=tmp_path / "elsewhere")
     assert len(ours) == len(their_images) == N_VAL
