@@ -26,7 +26,10 @@ logger = logging.getLogger("app")
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn every failure of ``fn`` into a gr.Error whose message says what to do (``<``, ``&`` escaped: the UI shows it as HTML)."""
+    """Turn every failure of ``fn`` into a gr.Error whose message says what to do.
+
+    ``<`` and ``&`` are escaped: the UI renders the message as HTML, and it may quote a file name.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -141,8 +144,10 @@ class Handlers:
                             guidance=None if guidance is None else self.number("guidance", guidance, 0.0, 20.0))
         samples = pipe.generate(num, batch_size=num, progress=self.progress_reporter(progress, "sampling"), **settings)
         arrays = samples.uint8()
-        gallery = [(a, f"seed {samples.seed} · {i + 1}/{num}") for i, a in enumerate(arrays)]
-        files = self.downloads.samples(arrays, samples.codes, f"{model}_seed{samples.seed}",
+        folder = self.downloads.folder()
+        paths = self.downloads.pngs(folder, {f"sample_{i:03d}": a for i, a in enumerate(arrays)})
+        gallery = [(path, f"seed {samples.seed} · {i + 1}/{num}") for i, path in enumerate(paths.values())]
+        files = self.downloads.samples(folder, arrays, samples.codes, f"{model}_seed{samples.seed}",
                                        {"model": model, **samples.settings})
         return gallery, samples.seed, files
 
@@ -157,8 +162,10 @@ class Handlers:
                    "codebook_size": k, "token_grid": list(pipe.grid), "mean_uncertainty": rec.mean_uncertainty,
                    "percentile_among_training_images": None if rec.percentile is None else round(rec.percentile, 1),
                    "reference": rec.reference_statement}
-        return (render.image(rec.input), render.image(rec.reconstruction), render.token_map(rec.codes, k, size), heat,
-                numbers, uncertainty_text(rec, k, cfg.clamp_max))
+        shown = self.downloads.pngs(self.downloads.folder(), {
+            "model_input": render.image(rec.input), "reconstruction": render.image(rec.reconstruction),
+            "token_map": render.token_map(rec.codes, k, size), "uncertainty": heat})
+        return (*shown.values(), numbers, uncertainty_text(rec, k, cfg.clamp_max))
 
     def complete(self, model: str, image: Any, keep_rows: int | None = None, num_images: int = 4, seed: int = 0,
                  progress: gr.Progress = gr.Progress()) -> tuple:
@@ -169,8 +176,12 @@ class Handlers:
         num = self.num_images(num_images)
         done = pipe.complete(self.upload(image), keep, num, seed=self.seed(seed), batch_size=num,
                              progress=self.progress_reporter(progress, "completing"))
-        gallery = [(render.image(c), f"seed {done.seed} · {i + 1}/{num}") for i, c in enumerate(done.completions)]
-        return render.image(done.kept), gallery, done.seed
+        pictures = {"kept": render.image(done.kept)}
+        pictures.update({f"completion_{i:03d}": render.image(c) for i, c in enumerate(done.completions)})
+        shown = self.downloads.pngs(self.downloads.folder(), pictures)
+        kept = shown.pop("kept")
+        gallery = [(path, f"seed {done.seed} · {i + 1}/{num}") for i, path in enumerate(shown.values())]
+        return kept, gallery, done.seed
 
 
 def uncertainty_text(rec: Any, codebook_size: int, clamp_max: float) -> str:

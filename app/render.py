@@ -67,7 +67,8 @@ class Downloads:
         self.root = Path(tempfile.mkdtemp(prefix="edvae_app_"))
         self.keep_s = keep_s
 
-    def _fresh_folder(self) -> Path:
+    def folder(self) -> Path:
+        """A new folder for one request's files (older ones are removed here)."""
         now = time.time()
         for old in self.root.iterdir():
             if now - old.stat().st_mtime > self.keep_s:
@@ -76,13 +77,13 @@ class Downloads:
         folder.mkdir()
         return folder
 
-    def samples(self, images: np.ndarray, codes: torch.Tensor, stem: str, settings: dict) -> list[str]:
+    @staticmethod
+    def samples(folder: Path, images: np.ndarray, codes: torch.Tensor, stem: str, settings: dict) -> list[str]:
         """``<stem>.zip`` (one PNG per image) and ``<stem>_codes.npz`` (``codes``, ``images``, the settings)."""
         import json
 
         from PIL import Image
 
-        folder = self._fresh_folder()
         archive = folder / f"{stem}.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:
             for i, array in enumerate(images):
@@ -93,6 +94,26 @@ class Downloads:
         np.savez_compressed(npz, codes=codes.numpy().astype(np.int64), images=images,
                             settings=np.array(json.dumps(settings)))
         return [str(archive), str(npz)]
+
+    @staticmethod
+    def pngs(folder: Path, images: dict[str, np.ndarray | None]) -> dict[str, str | None]:
+        """Write each (H, W, 3) uint8 image as ``folder/<name>.png``; returns the paths (None stays None).
+
+        The app returns paths rather than arrays: Gradio copies a file into its cache atomically,
+        while an array is re-encoded into a fixed cache path that a concurrent request for the same
+        picture (same seed) rewrites in place, so another client could download it half-written.
+        """
+        from PIL import Image
+
+        paths = {}
+        for name, array in images.items():
+            if array is None:
+                paths[name] = None
+                continue
+            path = folder / f"{name}.png"
+            Image.fromarray(array).save(path, format="PNG")
+            paths[name] = str(path)
+        return paths
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

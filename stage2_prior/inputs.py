@@ -94,7 +94,8 @@ def _to_rgb_array(img) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(img, dtype=np.float64)
-        top = 1.0 if mode == "F" and values.max(initial=0) <= 1.0 else (255.0 if values.max(initial=0) <= 255 else 65535.0)
+        peak = values.max(initial=0)
+        top = 1.0 if mode == "F" and peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
         gray = np.clip(np.nan_to_num(values) / top, 0, 1)
         return np.repeat((gray * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info) \
@@ -139,7 +140,7 @@ def _from_array(array: Any) -> np.ndarray:
 
 
 def read_image(source: Any) -> np.ndarray:
-    """A path, bytes, file object, PIL image, array or tensor -> uint8 RGB array (H, W, 3); ImageInputError if unusable."""
+    """A path, bytes, file object, PIL image, array or tensor -> uint8 RGB (H, W, 3); ImageInputError if unusable."""
     if source is None:
         raise ImageInputError("no image given: upload one or pick an example")
     if isinstance(source, (np.ndarray, torch.Tensor)):

@@ -95,8 +95,8 @@ def read_sampling_defaults(folder: str | Path) -> dict:
     for key, ok in checks.items():
         if key in given:
             value = given[key]
-            if not ((value is None and key == "top_k") or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                                           and ok(value))):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ((value is None and key == "top_k") or (number and ok(value))):
                 raise CheckpointError(f"'{path}': invalid {key} {value!r} (temperature >= 0, integer top_k >= 0, "
                                       "0 < top_p <= 1, guidance >= 0)")
             defaults[key] = value
@@ -130,8 +130,9 @@ def _preprocess_kind(data: dict | None) -> str:
 class Pipeline:
     """Generate, reconstruct and complete images with one tokenizer + prior pair (both in eval mode)."""
 
-    def __init__(self, tokenizer: Any, prior: Any, spec: Any, *, data: dict | None = None, preprocess: str | None = None,
-                 sampling: dict | None = None, uncertainty_reference: dict | None = None):
+    def __init__(self, tokenizer: Any, prior: Any, spec: Any, *, data: dict | None = None,
+                 preprocess: str | None = None, sampling: dict | None = None,
+                 uncertainty_reference: dict | None = None):
         if preprocess is not None and preprocess not in KINDS:
             raise ValueError(f"unknown preprocessing '{preprocess}'; use one of {', '.join(KINDS)}")
         self.tokenizer, self.prior, self.spec = tokenizer, prior, spec
@@ -143,7 +144,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, tokenizer: str | Path, prior: str | Path, *, device: str | torch.device | None = None,
                         preprocess: str | None = None) -> "Pipeline":
-        """Load a tokenizer folder (or Hub id) and the prior trained on it; refuses a pair that does not belong together.
+        """Load a tokenizer folder (or Hub id) and the prior trained on it; refuses a pair that does not match.
 
         ``preprocess`` overrides the kind of preprocessing read from ``training_data.json``
         (``celeba``, ``lsun_church``, ``cifar10``, ``generic``), e.g. ``celeba`` for a tokenizer trained

@@ -1,4 +1,4 @@
-"""EdVAE.analyze (reconstruction + codes + uncertainty in one pass), evaluation on top of it, the uncertainty reference."""
+"""EdVAE.analyze (reconstruction, codes, uncertainty in one pass), evaluation on it, the uncertainty reference."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.pipeline_helpers import ROOT, AppServer, face_like, make_pair, shipped_pair_present, write_png, write_registry
+from tests.pipeline_helpers import ROOT, AppServer, face_like, make_pair, shipped_pair_present, write_registry
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -165,7 +165,8 @@ def test_eight_concurrent_generate_calls_all_succeed(server):
     assert [len(gallery) for gallery, _, _ in results] == [2] * 8
     assert [seed for _, seed, _ in results] == [i % 4 for i in range(8)]
     for i in range(4):                                          # queued and concurrent: still the seed's images
-        assert all(np.array_equal(a, b) for a, b in zip(gallery_pixels(results[i][0]), gallery_pixels(results[i + 4][0])))
+        first, again = gallery_pixels(results[i][0]), gallery_pixels(results[i + 4][0])
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
 def test_docs_example_runs(server):
