@@ -224,15 +224,19 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
 
         ``codes='argmax'`` is deterministic; ``'sample'`` draws z ~ Cat(pi) (Algorithm 2).
         """
+        _, q = self._quantize_checked(images, codes)
+        return q.indices.long()
+
+    def _quantize_checked(self, images: torch.Tensor, codes: str) -> tuple[torch.Tensor, Any]:
+        """Check ``images``, move them to the model's device and quantize them in eval mode (hard codes)."""
         self._check_images(images)
         images = images.to(self.quantizer.codebook.device)
         was_training = self.training
         self.eval()
         try:
-            q = self.quantizer(self.encoder(images - 0.5), codes=codes)
+            return images, self.quantizer(self.encoder(images - 0.5), codes=codes)
         finally:
             self.train(was_training)
-        return q.indices.long()
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -260,16 +264,9 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         per token (high: little evidence for any code), or None when the quantizer has none; ``mse`` is
         the per-image error that training and ``evaluate`` report.
         """
-        self._check_images(images)
-        images = images.to(self.quantizer.codebook.device)
-        was_training = self.training
-        self.eval()
-        try:
-            q = self.quantizer(self.encoder(images - 0.5), codes=codes)
-            indices = q.indices.long()
-            raw = self._decode_unclamped(indices)  # decode()'s own path: bit-for-bit the reconstruction it gives
-        finally:
-            self.train(was_training)
+        images, q = self._quantize_checked(images, codes)
+        indices = q.indices.long()
+        raw = self._decode_unclamped(indices)  # decode()'s own path: bit-for-bit the reconstruction it gives
         mse = (raw - images.float()).pow(2).flatten(1).mean(1)
         uncertainty = None if q.uncertainty is None else q.uncertainty.float()
         return TokenizerAnalysis(reconstruction=raw.clamp(0.0, 1.0), codes=indices, uncertainty=uncertainty, mse=mse)
