@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         shown = {k: v for k, v in metrics.items() if k != "protocol"}
         print("\n".join(f"{k:>18}: {v}" for k, v in shown.items()))
         print(f"wrote {out}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # tears the process group down before exit (a live gloo group can abort at exit)
     return metrics
 
 

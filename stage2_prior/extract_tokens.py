@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> Path:
                     ", ".join(f"{k} {v.count}" for k, v in splits.items()), fingerprint.grid,
                     fingerprint.codebook_size, f", {manifest.num_classes} classes" if manifest.num_classes else "")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # tears the process group down before exit (a live gloo group can abort at exit)
     return out
 
 
