@@ -1,0 +1,79 @@
+"""Decoder fine-tuning on argmax codes: only the decoder changes, the tokens stay exactly the same."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from edvae_common.config import ConfigError
+from stage1_tokenizer import EdVAE
+from stage1_tokenizer import finetune_decoder
+from stage1_tokenizer import train as train_script
+from stage1_tokenizer.config import DataConfig
+from stage1_tokenizer.data import build_dataset
+from tests.conftest import train_args
+
+
+@pytest.fixture
+def trained(synthetic_npz, tmp_path):
+    run = tmp_path / "run"
+    train_script.main(train_args(run, synthetic_npz, "train.max_steps=3", "train.batch_size=16", "data.hflip=true"))
+    return run
+
+
+def test_only_the_decoder_changes_and_argmax_reconstructions_improve(trained, synthetic_npz, tmp_path):
+    out = tmp_path / "ft"
+    export = finetune_decoder.main(["--tokenizer", str(trained), "--out", str(out), "--steps", "30",
+                                    "--batch-size", "16", "--lr", "2e-3", "--warmup", "2", "--eval-every", "30",
+                                    "--checkpoint-every", "10"])
+    before, after = EdVAE.from_pretrained(trained / "tokenizer"), EdVAE.from_pretrained(export)
+    b, a = before.state_dict(), after.state_dict()
+    assert b.keys() == a.keys()
+    for name in b:
+        if name.startswith("decoder."):
+            continue
+        assert torch.equal(b[name], a[name]), f"{name} changed: only the decoder may be trained"
+    assert any(not torch.equal(b[n], a[n]) for n in b if n.startswith("decoder.")), "the decoder did not change"
+
+    # the tokens of every image are the same; their reconstructions are closer to the images
+    images = torch.stack(list(build_dataset(DataConfig(dataset="auto", path=str(synthetic_npz)), "test")))
+    before.eval(), after.eval()
+    assert torch.equal(before.encode(images), after.encode(images))
+    mse_before = (before.reconstruct(images) - images).pow(2).mean()
+    mse_after = (after.reconstruct(images) - images).pow(2).mean()
+    assert mse_after < 0.95 * mse_before, (mse_before, mse_after)
+
+    # the log has the starting point and the end, measured the same way; the export says how it was made
+    tests = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "test"]
+    assert [r["step"] for r in tests] == [0, 30] and tests[1]["mse"] < tests[0]["mse"]
+    assert tests[0]["codes_used"] == tests[1]["codes_used"]
+    record = json.loads((export / finetune_decoder.RECORD_FILE).read_text())
+    assert record["steps"] == 30 and "decoder only" in record["trained"]
+    assert json.loads((export / "training_data.json").read_text())["hflip"] is True
+
+
+def test_a_killed_run_resumes_where_it_stopped(trained, tmp_path, caplog):
+    out = tmp_path / "ft"
+    args = ["--tokenizer", str(trained), "--out", str(out), "--steps", "8", "--batch-size", "16", "--warmup", "2",
+            "--eval-every", "100", "--checkpoint-every", "4"]
+    straight = {k: v.clone() for k, v in EdVAE.from_pretrained(finetune_decoder.main(args)).state_dict().items()}
+    # as if killed between steps 4 and 8: only the step-4 checkpoint survives
+    shutil.rmtree(out / "checkpoints" / "step_00000008")
+    shutil.rmtree(out / "tokenizer")
+    with caplog.at_level(logging.INFO, logger="stage1.finetune_decoder"):
+        resumed = EdVAE.from_pretrained(finetune_decoder.main(args + ["--resume", "latest"])).state_dict()
+    assert "step_00000004 at step 4" in caplog.text  # it continued, not started over
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+
+
+def test_bad_input_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="training_data.json"):
+        finetune_decoder.main(["--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="--steps must be positive"):
+        finetune_decoder.main(["--tokenizer", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "0"])
