@@ -1,15 +1,19 @@
-"""Benchmark prior sampling: the KV cache against no cache, and sampling + decoding 16 faces.
+"""Benchmark prior sampling: the KV cache against no cache, classifier-free guidance in one batched forward
+against two passes, sampling + decoding 16 faces, and the peak memory of ``stage2_prior.sample`` as --num grows.
 
 Every row runs in a fresh worker subprocess (peak memory per row: CUDA
 ``max_memory_allocated``, or the worker's peak RSS on CPU, which includes the
 Python + torch baseline). Sampling goes through ``stage2_prior.sampling.generate_codes``
 (``transformers``' ``generate()``), batch 16, temperature 1, on a freshly initialised
 prior of the chosen registry size: the cost of a forward pass does not depend on
-the weights' values, so no trained model is needed.
+the weights' values, so no trained model is needed. The guidance rows use a class-conditional
+prior of the same size (10 classes, scale 3). The streaming rows run the sample CLI in the
+worker on a tiny random pair (so that 10,000 samples are cheap) and report the worker's peak RSS.
 
     python benchmarks/bench_sampling.py                              # auto device, small prior, 256 and 1024 tokens
     python benchmarks/bench_sampling.py --device cpu --threads 2 --seq-lens 256
     python benchmarks/bench_sampling.py --prior runs/stage2/celeba_cpu/prior --tokenizer runs/stage1/celeba_cpu/tokenizer
+    python benchmarks/bench_sampling.py --device cpu --threads 1 --seq-lens --no-faces --cfg-lens   # only the memory rows
 
 Prints a markdown table and writes it to ``docs/benchmarks_sampling.md`` under a
 section per device (``## CPU`` or ``## CUDA: <name>``), replacing only that section.
@@ -49,6 +53,23 @@ the same length, measured in the same run. The "16 faces" row times
 tokenizer: the trained one when given, otherwise a fresh one of the same shape).
 Peak memory: CUDA `max_memory_allocated`, or the worker's peak RSS on CPU (the
 Python + torch baseline included). Every row runs in its own subprocess.
+
+The "classifier-free guidance" sections sample with guidance (scale 3, a class-conditional prior
+of the same size, 10 classes): "one batched forward" runs the conditional and unconditional
+branches as one batch of 32 with one KV cache (`generate_codes`' default; its own decoding loop,
+since `generate()` cannot tie two rows to one drawn token), "two passes" runs the unconditional
+branch as a second forward per step on its own cache inside `generate()` (`cfg_batched=False`,
+the former implementation); "speed-up" is two-pass over batched time, measured in the same run.
+The "conditional, no guidance" row is the same prior and class without guidance (plain
+`generate()`, one branch), from the same run: the cost of guidance is the batched row over it.
+
+The "sample CLI peak memory" sections (`--stream-nums`) run `python -m stage2_prior.sample --num N`
+in the worker process on a tiny randomly initialised pair (prior `tiny`, 8 x 8 = 64 tokens of 64
+codes; tokenizer of width 8 decoding 64 x 64 images), so that 10,000 samples are cheap: shards of
+1,000 images written as they are made (uint8 image shards, code shards, PNGs, the streamed
+`samples.npz`). "in memory" rows do what the CLI did before streaming (`Pipeline.generate(N)`:
+every image decoded to float32 and kept, then written at once). Peak memory is the worker's peak
+RSS (`ru_maxrss`, the Python + torch baseline included).
 """
 
 
@@ -64,6 +85,8 @@ def worker(spec: dict) -> dict:
     from stage2_prior.sampling import generate_codes, sample_images
     from stage2_prior.tokens import TokenizerFingerprint
 
+    if spec["kind"] in ("stream", "in_memory"):
+        return stream_worker(spec, device)
     side = int(round(spec["seq_len"] ** 0.5))
     torch.manual_seed(0)
     tokenizer = None
@@ -76,12 +99,16 @@ def worker(spec: dict) -> dict:
     else:
         fp = TokenizerFingerprint(codebook_size=512, grid=[side, side], image_size=side * 4,
                                   weights_hash=tokenizer.weights_hash() if tokenizer is not None else "bench")
-        pspec = PriorSpec(fp)
+        pspec = PriorSpec(fp, num_classes=10 if spec["kind"].startswith("cfg") else 0)
         prior = build_prior(pspec, PriorModelConfig(size=spec["size"], arch="gpt2")).to(device).eval()
 
     def run() -> None:
         if spec["kind"] == "faces":
             sample_images(prior, pspec, tokenizer, 16, batch_size=16, seed=0)
+        elif spec["kind"].startswith("cfg"):
+            generate_codes(prior, pspec, 16, batch_size=16, seed=0, class_label=3,
+                           cfg_scale=1.0 if spec["kind"] == "cfg_reference" else 3.0,
+                           cfg_batched=spec["kind"] == "cfg_batched")
         else:
             generate_codes(prior, pspec, 16, batch_size=16, seed=0, use_cache=spec["kind"] == "cached")
         if device.type == "cuda":
@@ -103,6 +130,80 @@ def worker(spec: dict) -> dict:
             "tokens_per_s": 16 * pspec.seq_len / median, "images_per_s": 16 / median}
 
 
+STREAM_SHARD, STREAM_BATCH = 1000, 250
+
+
+def tiny_pair(root: Path) -> tuple[Path, Path]:
+    """A randomly initialised tokenizer (64 x 64 images, 8 x 8 codes of 64) and a `tiny` GPT-2 prior on it."""
+    import torch
+
+    from stage1_tokenizer.model import EdVAE
+    from stage2_prior.config import PriorModelConfig
+    from stage2_prior.model import PriorSpec, build_prior
+    from stage2_prior.tokens import TokenizerFingerprint
+
+    torch.manual_seed(0)
+    tok = EdVAE(channels=8, channel_mults=[1, 2, 4, 8], blocks_per_group=1, codebook_size=64, codebook_dim=4).eval()
+    tok.save_pretrained(str(root / "tokenizer"))
+    spec = PriorSpec(TokenizerFingerprint.of(tok, 64, root / "tokenizer"))
+    build_prior(spec, PriorModelConfig(size="tiny")).eval().save_pretrained(str(root / "prior"))
+    return root / "tokenizer", root / "prior"
+
+
+def stream_worker(spec: dict, device) -> dict:
+    """`stage2_prior.sample --num N` streamed, or the former all-in-memory path, in this (fresh) process."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    after_shard: list[float | None] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir, prior_dir = tiny_pair(Path(tmp))
+        out = Path(tmp) / "samples"
+        tic = time.perf_counter()
+        if spec["kind"] == "stream":
+            from stage2_prior import sample as sample_cli
+
+            make_shard = sample_cli.sample_shard
+
+            def recorded(*a, **k):  # the process's resident memory after each shard (Linux: /proc/self/status)
+                made = make_shard(*a, **k)
+                after_shard.append(current_rss_mib())
+                return made
+
+            sample_cli.sample_shard = recorded
+            sample_cli.main(["--tokenizer", str(tok_dir), "--prior", str(prior_dir), "--num", str(spec["num"]),
+                             "--batch-size", str(STREAM_BATCH), "--shard-size", str(STREAM_SHARD), "--seed", "0",
+                             "--out", str(out), "--device", str(device)])
+        else:  # what the CLI did before streaming: every image decoded, kept in float32, then written at once
+            from stage2_prior.pipeline import Pipeline
+            from stage2_prior.sample import save_outputs
+
+            pipe = Pipeline.from_pretrained(tok_dir, prior_dir, device=device)
+            result = pipe.generate(spec["num"], seed=0, batch_size=STREAM_BATCH)
+            save_outputs(out, result.images, result.codes, {"mode": "sample"})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - tic
+        with np.load(out / "samples.npz") as archive:
+            assert archive["images"].shape[0] == spec["num"]
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"seconds": seconds, "min": seconds, "max": seconds, "peak_mib": peak / 2**20,
+            "tokens_per_s": spec["num"] * 64 / seconds, "images_per_s": spec["num"] / seconds,
+            "rss_after_shards_mib": after_shard}
+
+
+def current_rss_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
 def section_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
@@ -116,7 +217,7 @@ def write_section(path: Path, heading: str, body: str) -> None:
     if not text.startswith(TITLE):
         text = PREAMBLE
     parts = text.split("\n## ")
-    head, sections = parts[0], ["## " + p for p in parts[1:]]
+    head, sections = PREAMBLE, ["## " + p for p in parts[1:]]  # the preamble that describes this version's rows
     sections = [s for s in sections if not s.startswith(heading + "\n")] + [f"{heading}\n\n{body}"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections))
@@ -127,13 +228,22 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in each worker (0: torch's default)")
     p.add_argument("--size", default="small", help="prior registry size (stage2_prior/sizes.py)")
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024], help="tokens per image (square grids)")
+    p.add_argument("--seq-lens", type=int, nargs="*", default=[256, 1024],
+                   help="tokens per image (square grids); none: no sampling-speed rows")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--uncached-repeats", type=int, default=1, help="repeats of the (slow) uncached rows")
     p.add_argument("--uncached-lens", type=int, nargs="*", default=None,
                    help="lengths that also get an uncached row (default: all on CUDA; 256 and shorter on CPU, where "
                         "1,024 uncached tokens x 16 take tens of minutes)")
+    p.add_argument("--cfg-lens", type=int, nargs="*", default=None,
+                   help="lengths that get the two guidance rows, batched forward vs two passes (default: as "
+                        "--uncached-lens; none: skip them)")
     p.add_argument("--no-faces", action="store_true", help="skip the sample-and-decode-16-faces row")
+    p.add_argument("--stream-nums", type=int, nargs="*", default=[],
+                   help="--num of the peak-memory rows of the sample CLI, e.g. 1000 10000 (tiny random pair; "
+                        "their own section of the markdown file)")
+    p.add_argument("--in-memory-nums", type=int, nargs="*", default=None,
+                   help="--num of the former all-in-memory rows, for comparison (default: the stream nums)")
     p.add_argument("--prior", default=None, help="a trained 256-token prior for the faces row (default: fresh)")
     p.add_argument("--tokenizer", default=None, help="its tokenizer")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to update ('' = print only)")
@@ -147,14 +257,26 @@ def main(argv: list[str] | None = None) -> str:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     uncached = args.uncached_lens if args.uncached_lens is not None else \
         [n for n in args.seq_lens if device.startswith("cuda") or n <= 256]
+    guided = uncached if args.cfg_lens is None else args.cfg_lens
     jobs = []
     for length in args.seq_lens:
         jobs.append({"kind": "cached", "seq_len": length, "repeats": args.repeats})
         if length in uncached:
             jobs.append({"kind": "uncached", "seq_len": length, "repeats": args.uncached_repeats})
+    for length in guided:
+        jobs.append({"kind": "cfg_batched", "seq_len": length, "repeats": args.repeats})
+        jobs.append({"kind": "cfg_two_pass", "seq_len": length, "repeats": args.repeats})
+        jobs.append({"kind": "cfg_reference", "seq_len": length, "repeats": args.repeats})
     if not args.no_faces:
         jobs.append({"kind": "faces", "seq_len": 256, "repeats": args.repeats, "prior": args.prior,
                      "tokenizer": args.tokenizer})
+    in_memory = args.stream_nums if args.in_memory_nums is None else args.in_memory_nums
+    for num in sorted(set(args.stream_nums) | set(in_memory)):
+        if num in args.stream_nums:
+            jobs.append({"kind": "stream", "seq_len": 64, "num": num, "repeats": 1})
+        if num in in_memory:
+            jobs.append({"kind": "in_memory", "seq_len": 64, "num": num, "repeats": 1})
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     for job in jobs:
         spec = {**job, "device": device, "threads": args.threads, "size": args.size}
@@ -164,13 +286,49 @@ def main(argv: list[str] | None = None) -> str:
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MARKER)), None)
         result = json.loads(line[len(MARKER):]) if line else {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
         rows.append((job, result))
-        print(job["kind"], job["seq_len"], result, flush=True)
+        print(job["kind"], job["seq_len"], job.get("num", ""), result, flush=True)
 
+    import transformers
+
+    command = f"Command: `python benchmarks/bench_sampling.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
+    machine = (f"device {device}" + (f", {args.threads} threads" if args.threads else "")
+               + f"; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+               f"transformers {transformers.__version__}; {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    if load_before is not None:  # times on a busy machine are not comparable with those on an idle one
+        machine += (f"; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+                    f"({os.cpu_count()} CPUs)")
+    bodies = []
+    speed_rows = [(j, r) for j, r in rows if j["kind"] in ("cached", "uncached", "faces")]
+    if speed_rows:
+        body = f"Prior size `{args.size}`, batch 16, {machine}.\n{command}\n" + speed_table(speed_rows) + "\n"
+        bodies.append((section_name(device), body))
+    guided_rows = [(j, r) for j, r in rows if j["kind"].startswith("cfg")]
+    if guided_rows:
+        body = (f"Prior size `{args.size}` (10 classes), class 3, guidance scale 3, batch 16, {machine}.\n{command}\n"
+                + speed_table(guided_rows) + "\n")
+        bodies.append((section_name(device) + ": classifier-free guidance", body))
+    memory_rows = [(j, r) for j, r in rows if j["kind"] in ("stream", "in_memory")]
+    if memory_rows:
+        body = (f"`python -m stage2_prior.sample` on a tiny randomly initialised pair (prior `tiny`, 64 tokens, "
+                f"64 x 64 images), batch {STREAM_BATCH}, shards of {STREAM_SHARD:,}, {machine}.\n{command}\n"
+                + memory_table(memory_rows) + "\n")
+        bodies.append((section_name(device) + ": sample CLI peak memory", body))
+    for heading, body in bodies:
+        print(heading + "\n\n" + body)
+        if args.out:
+            write_section(Path(args.out), heading, body)
+    return "\n".join(body for _, body in bodies)
+
+
+def speed_table(rows: list[tuple[dict, dict]]) -> str:
     cached = {j["seq_len"]: r for j, r in rows if j["kind"] == "cached" and "error" not in r}
+    two_pass = {j["seq_len"]: r for j, r in rows if j["kind"] == "cfg_two_pass" and "error" not in r}
     lines = ["| what | tokens/image | tokens/s | images/s | seconds (median) | range | peak memory | speed-up |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for job, r in rows:
         name = {"cached": "sample, KV cache", "uncached": "sample, no cache",
+                "cfg_reference": "conditional, no guidance (generate(): reference)",
+                "cfg_batched": "guided (scale 3), one batched forward", "cfg_two_pass": "guided (scale 3), two passes",
                 "faces": "sample + decode 16 faces" + (" (trained prior)" if job.get("prior") else "")}[job["kind"]]
         if "error" in r:
             lines.append(f"| {name} | {job['seq_len']} | FAILED: {r['error'][:80]} | | | | | |")
@@ -178,20 +336,27 @@ def main(argv: list[str] | None = None) -> str:
         speed = ""
         if job["kind"] == "uncached" and job["seq_len"] in cached:
             speed = f"{cached[job['seq_len']]['tokens_per_s'] / r['tokens_per_s']:.1f}x"
+        if job["kind"] == "cfg_batched" and job["seq_len"] in two_pass:
+            speed = f"{two_pass[job['seq_len']]['seconds'] / r['seconds']:.2f}x over two passes"
         lines.append(f"| {name} | {job['seq_len']} | {r['tokens_per_s']:,.0f} | {r['images_per_s']:.2f} | "
                      f"{r['seconds']:.2f} | {r['min']:.2f}-{r['max']:.2f} | {r['peak_mib']:,.0f} MiB | {speed} |")
-    import transformers
+    return "\n".join(lines)
 
-    header = (f"Prior size `{args.size}`, batch 16, device {device}"
-              + (f", {args.threads} threads" if args.threads else "") + f"; {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__}, transformers {transformers.__version__}; "
-              f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.\n"
-              f"Command: `python benchmarks/bench_sampling.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n")
-    body = header + "\n" + "\n".join(lines) + "\n"
-    print(body)
-    if args.out:
-        write_section(Path(args.out), section_name(device), body)
-    return body
+
+def memory_table(rows: list[tuple[dict, dict]]) -> str:
+    lines = ["| what | --num | images/s | seconds | peak memory | resident after each shard (min-max) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for job, r in rows:
+        name = {"stream": "stream to disk (shards, PNGs, samples.npz)",
+                "in_memory": "in memory (the former CLI: all images in float32)"}[job["kind"]]
+        if "error" in r:
+            lines.append(f"| {name} | {job['num']:,} | FAILED: {r['error'][:80]} | | | |")
+            continue
+        after = [v for v in r.get("rss_after_shards_mib") or [] if v is not None]
+        shards = f"{min(after):,.0f}-{max(after):,.0f} MiB ({len(after)} shard{'s' if len(after) > 1 else ''})" if after else ""
+        lines.append(f"| {name} | {job['num']:,} | {r['images_per_s']:.1f} | {r['seconds']:.1f} | "
+                     f"{r['peak_mib']:,.0f} MiB | {shards} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
