@@ -22,7 +22,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .io import atomic_write_text
 
@@ -105,6 +105,29 @@ def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, total_limi
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def export_atomically(accelerator: Any, run_dir: str | Path, name: str, write: Callable[[Path], None]) -> Path:
+    """Write a run's export folder ``run_dir/name`` whole or not at all; returns its path.
+
+    On the main process, ``write(folder)`` fills a hidden temporary folder (one left by a killed
+    export is cleared first), which then takes the place of any earlier export: the old one is
+    moved aside, the new one renamed in, the old one deleted, so a crash leaves either folder
+    complete. Call it on every process (it waits for all of them first).
+    """
+    run_dir = Path(run_dir)
+    export, tmp, old = run_dir / name, run_dir / f".{name}.tmp", run_dir / f".{name}.old"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for stale in (tmp, old):
+            if stale.exists():
+                shutil.rmtree(stale)
+        write(tmp)
+        if export.exists():
+            export.rename(old)
+        tmp.rename(export)
+        shutil.rmtree(old, ignore_errors=True)
+    return export
 
 
 class MetricsLog:

@@ -1,12 +1,17 @@
-"""Training-loop pieces both stages share: the step counter, resumable batches, the resume check."""
+"""Training-loop pieces both stages share: the step counter, the micro-batch size, resumable shuffling and
+batches, and opening a run folder (fresh, or resumed with its settings checked)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
-from .config import ConfigError, flat_hparams, load_config
+import torch
+from torch.utils.data import Sampler
+
+from .config import ConfigError, flat_hparams, load_config, save_yaml
+from .runs import MetricsLog, checkpoint_to_resume
 
 logger = logging.getLogger("edvae.training")
 
@@ -22,6 +27,44 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+def micro_batch_size(batch_size: int, processes: int, accumulation_steps: int, available: int,
+                     source: str = "the training split", unit: str = "images", key: str = "train.batch_size") -> int:
+    """The per-process micro-batch of a global batch (setting ``key``), checked.
+
+    The global batch must split evenly over processes x accumulation steps, and the training set
+    (``available`` items of ``source``) must hold at least one global batch.
+    """
+    per_step = processes * accumulation_steps
+    if batch_size % per_step:
+        raise ConfigError(f"invalid value for '{key}': {batch_size} is not divisible by "
+                          f"processes x gradient_accumulation_steps = {processes} x {accumulation_steps}")
+    if available < batch_size:
+        raise ConfigError(f"{key}={batch_size} is larger than {source} ({available} {unit})")
+    return batch_size // per_step
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles ``n`` indices with a generator seeded by ``seed + epoch``.
+
+    Call ``set_epoch(e)`` before iterating; together with skipping the batches a
+    run already consumed, a resumed run sees exactly the batches an
+    uninterrupted one would.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 def infinite_batches(loader: Any, sampler: Any, start_batch: int) -> Iterator[Any]:
@@ -59,3 +102,30 @@ def check_resumed_config(saved_path: Path, cfg: Any, frozen: tuple[str, ...] = (
     if changed:
         logger.warning("resuming with settings that differ from %s: %s", saved_path,
                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items())))
+
+
+def open_run(accelerator: Any, run_dir: Path, cfg: Any, state: TrainState, frozen: tuple[str, ...] = ("model.",),
+             before_resume: Optional[Callable[[], None]] = None) -> MetricsLog:
+    """Resume the run in ``run_dir`` (``cfg.resume``) or start it fresh; return its metrics log.
+
+    A fresh start refuses a folder that already holds a run's checkpoints; a resume refuses changed
+    ``frozen`` settings (``check_resumed_config``), runs ``before_resume`` (further checks of the
+    caller's own), then restores every registered state (``state.step`` included). The main process
+    then writes ``config.yaml`` and drops the ``metrics.jsonl`` lines newer than the resumed step.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = checkpoint_to_resume(run_dir, cfg.resume)
+    if checkpoint is not None:
+        check_resumed_config(run_dir / "config.yaml", cfg, frozen)
+        if before_resume is not None:
+            before_resume()
+        accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, state.step)
+    elif cfg.resume == "latest":
+        logger.info("resume=latest: no checkpoint in %s yet, starting fresh", run_dir)
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        log.truncate_after(state.step)
+    return log

@@ -5,9 +5,10 @@
 
 Each (quantizer, seed) trains in ``<output_dir>/<quantizer>_seed<seed>`` with the
 same config and overrides; only ``model.quantizer``, ``train.seed`` and the KL
-weight differ. The KL weight of each quantizer is the paper's (Appendix D):
-EdVAE takes ``train.beta_max`` from the config, dVAE 5e-5, GS-VQ-VAE 5e-6,
-VQ-VAE-EMA none; ``--beta NAME=VALUE`` changes one. A run whose final metrics
+weight differ. The KL weight of each quantizer is the paper's (Appendix D,
+``stage1_tokenizer.loss.PAPER_BETA``, the objective's own table): EdVAE takes
+``train.beta_max`` from the config, dVAE 5e-5, GS-VQ-VAE 5e-6, VQ-VAE-EMA, SQ-VAE
+and VQ-STE++ none; ``--beta NAME=VALUE`` changes one. A run whose final metrics
 exist is not trained again; an interrupted one resumes from its latest checkpoint.
 
 Writes into ``output_dir``: ``results.json`` (one row per run: quantizer, seed,
@@ -42,12 +43,11 @@ from edvae_common.runs import MetricsLog
 
 from . import train as train_script
 from .config import Stage1Config
+from .loss import PAPER_BETA
 from .plots import plot_uncertainty_perplexity
 from .quantizers import QUANTIZERS
 
-# The KL weight per quantizer (Appendix D); edvae: the config's train.beta_max. sqvae and vqste_pp have no
-# beta-weighted term: SQ-VAE's terms are weighted by its decoder likelihood, VQ-STE++'s are a fixed VQ loss.
-PAPER_BETA = {"dvae": 5e-5, "gs_vqvae": 5e-6, "vqvae_ema": 0.0, "sqvae": 0.0, "vqste_pp": 0.0}
+# The KL weight per quantizer is the objective's (loss.py, Appendix D); edvae's is the config's train.beta_max.
 TABLE_METRICS = ("mse", "psnr", "perplexity_batch", "perplexity_split", "codes_used")
 # Keys a sweep may not vary: they name the runs, or are set per run by the comparison itself.
 NOT_SWEEPABLE = ("model.quantizer", "train.seed", "output_dir", "resume", "train.final_eval")

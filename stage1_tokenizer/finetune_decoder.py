@@ -36,12 +36,12 @@ from torch.utils.data import DataLoader, Subset
 from edvae_common.accel import make_training_accelerator
 from edvae_common.config import ConfigError, load_config
 from edvae_common.io import read_json, save_image_grid, side_by_side, write_json
-from edvae_common.runs import MetricsLog, checkpoint_to_resume, save_checkpoint
-from edvae_common.training import TrainState, infinite_batches
+from edvae_common.runs import MetricsLog, checkpoint_to_resume, export_atomically, save_checkpoint
+from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size
 
 from .config import Stage1Config
-from .data import EpochShuffleSampler, build_dataset
-from .evaluation import evaluate_tokenizer
+from .data import build_dataset
+from .metrics import evaluate_tokenizer
 from .model import TRAINING_DATA_FILE, EdVAE
 from .train import random_hflip
 
@@ -106,12 +106,8 @@ def main(argv: list[str] | None = None) -> Path:
     optimizer = torch.optim.Adam(decoder.parameters(), lr=args.lr)
 
     # 2. Data: the tokenizer's training split (shuffled, resumable) and its held-out split.
-    if args.batch_size % accelerator.num_processes:
-        raise ConfigError(f"--batch-size {args.batch_size} is not divisible by {accelerator.num_processes} processes")
-    micro = args.batch_size // accelerator.num_processes
     train_set, test_set = build_dataset(data, "train"), build_dataset(data, "test")
-    if len(train_set) < args.batch_size:
-        raise ConfigError(f"--batch-size {args.batch_size} is larger than the training split ({len(train_set)} images)")
+    micro = micro_batch_size(args.batch_size, accelerator.num_processes, 1, len(train_set), key="--batch-size")
     sampler = EpochShuffleSampler(len(train_set), args.seed)
     train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
                               num_workers=data.num_workers, generator=torch.Generator())
@@ -185,21 +181,16 @@ def main(argv: list[str] | None = None) -> Path:
             save_checkpoint(accelerator, out, state.step, 2)
 
     # 6. Export: the frozen encoder and codebook with the new decoder, plus where it came from.
-    export = out / "tokenizer"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = out / ".tokenizer.tmp"
-        model.save_pretrained(str(tmp))
-        write_json(tmp / TRAINING_DATA_FILE, read_json(source / TRAINING_DATA_FILE))
-        write_json(tmp / RECORD_FILE, {"source": str(args.tokenizer), "steps": args.steps,
-                                       "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
-                                       "mixed_precision": args.mixed_precision, "seed": args.seed,
-                                       "trained": "decoder only, on argmax codes; encoder and codebook frozen"})
-        if export.exists():
-            import shutil
+    def write_export(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        write_json(folder / TRAINING_DATA_FILE, read_json(source / TRAINING_DATA_FILE))
+        write_json(folder / RECORD_FILE, {"source": str(args.tokenizer), "steps": args.steps,
+                                          "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+                                          "mixed_precision": args.mixed_precision, "seed": args.seed,
+                                          "trained": "decoder only, on argmax codes; encoder and codebook frozen"})
 
-            shutil.rmtree(export)
-        tmp.rename(export)
+    export = export_atomically(accelerator, out, "tokenizer", write_export)
+    if accelerator.is_main_process:
         logger.info("exported the tokenizer to %s", export)
     accelerator.end_training()
     return export

@@ -11,12 +11,12 @@ reported on that scale equals the MSE on [0, 1].
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
@@ -26,6 +26,7 @@ from edvae_common.hub import CheckpointError, read_typed_config, resolve_pretrai
 from .config import ModelConfig, Stage1Config
 from .decoder import Decoder
 from .encoder import Encoder
+from .loss import reconstruction_mse
 from .quantizers import get_quantizer_class
 from .vqvae_arch import VQVAEDecoder, VQVAEEncoder
 
@@ -36,12 +37,15 @@ TRAINING_DATA_FILE = "training_data.json"  # written beside the weights by train
 
 @dataclass
 class TokenizerOutput:
+    """What the training forward ``model(images, tau=...)`` returns; ``stage1_loss(out, beta)`` (loss.py) sums it."""
+
     recon: torch.Tensor          # (B, 3, H, W) reconstruction in [-0.5, 0.5] space (unclamped)
     mse: torch.Tensor            # scalar, mean squared error (= MSE on [0, 1])
     kl: torch.Tensor             # scalar, quantizer KL (mean per position), to be weighted by beta
-    aux_loss: torch.Tensor       # scalar, quantizer's own weighted loss terms (0 for EdVAE; VQ commitment, SQ-VAE terms)
+    aux_loss: torch.Tensor       # scalar, quantizer's own weighted loss terms (0 for EdVAE; VQ commitment, codebook loss)
     indices: torch.Tensor        # (B, h, w) hard codes
     uncertainty: Optional[torch.Tensor]  # (B, h, w) evidential uncertainty, or None
+    latent_nats: Optional[torch.Tensor] = None  # SQ-VAE's latent terms (nats per image), weighted in loss.py
 
 
 @dataclass
@@ -156,7 +160,7 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
 
     # ------------------------------------------------------------------ validation
     def _check_images(self, images: Any, check_values: bool = True) -> None:
-        """Check type, shape and size; with ``check_values`` also NaNs and the [0, 1] range (a device sync)."""
+        """Check type, shape and size; with ``check_values`` also NaNs and the [0, 1] range (one pass, one sync)."""
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
         if not images.is_floating_point():
@@ -175,9 +179,9 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
             raise ValueError("got an empty batch (B = 0)")
         if not check_values:
             return
-        if not torch.isfinite(images).all():
+        lo, hi = torch.stack(torch.aminmax(images.detach())).float().tolist()  # NaN propagates; one sync
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("images contain NaN or infinite values")
-        lo, hi = images.min().item(), images.max().item()
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
                              "(for [0, 255] divide by 255; for [-1, 1] use (x + 1) / 2)")
@@ -191,7 +195,7 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
             raise ValueError(f"indices must have shape (B, h, w), got shape {tuple(indices.shape)}")
         if indices.numel() == 0:
             raise ValueError(f"got an empty index tensor of shape {tuple(indices.shape)}")
-        lo, hi = indices.min().item(), indices.max().item()
+        lo, hi = torch.stack(torch.aminmax(indices)).tolist()   # one pass, one sync
         if lo < 0 or hi >= self.codebook_size:
             raise ValueError(f"indices must be in [0, {self.codebook_size}), got values in [{lo}, {hi}]")
 
@@ -201,21 +205,16 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
 
         ``images`` are (B, 3, H, W) in [0, 1]; ``tau`` is the Gumbel-softmax
         temperature; ``codes`` picks hard codes in eval mode ('argmax' or 'sample').
-        Only shapes are checked here (value checks would sync the GPU every step);
-        the public ``encode`` checks values too.
+        Returns the reconstruction and the loss terms; ``stage1_loss(out, beta)``
+        (``stage1_tokenizer/loss.py``) adds them up. Only shapes are checked here
+        (value checks would sync the GPU every step); the public ``encode`` checks values too.
         """
         self._check_images(images, check_values=False)
         x = images - 0.5
         q = self.quantizer(self.encoder(x), tau=tau, codes=codes)
         recon = self.decoder(q.z_q)
-        mse = F.mse_loss(recon.float(), x.float())
-        aux_loss = q.aux_loss
-        if q.latent_nats is not None:
-            # SQ-VAE: the decoder variance at its maximum-likelihood value (the MSE) weights the latent terms
-            # against the MSE; see quantizers/sqvae.py. D = values per image.
-            aux_loss = aux_loss + (2.0 * mse.detach() / x[0].numel()) * q.latent_nats
-        return TokenizerOutput(recon=recon, mse=mse, kl=q.kl, aux_loss=aux_loss,
-                               indices=q.indices, uncertainty=q.uncertainty)
+        return TokenizerOutput(recon=recon, mse=reconstruction_mse(recon, x), kl=q.kl, aux_loss=q.aux_loss,
+                               indices=q.indices, uncertainty=q.uncertainty, latent_nats=q.latent_nats)
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -223,20 +222,28 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         """Images (B, 3, H, W) in [0, 1] -> code indices, LongTensor (B, H/f, W/f).
 
         ``codes='argmax'`` is deterministic; ``'sample'`` draws z ~ Cat(pi) (Algorithm 2).
+        Only the encoder and the code choice run: no KL, no decoder input.
         """
-        _, q = self._quantize_checked(images, codes)
-        return q.indices.long()
+        _, indices, _ = self._hard_codes(images, codes, with_uncertainty=False)
+        return indices
 
-    def _quantize_checked(self, images: torch.Tensor, codes: str) -> tuple[torch.Tensor, Any]:
-        """Check ``images``, move them to the model's device and quantize them in eval mode (hard codes)."""
+    def _hard_codes(self, images: torch.Tensor, codes: str,
+                    with_uncertainty: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Check ``images``, move them to the model's device and pick their eval-mode (hard) codes.
+
+        Returns (images on the device, LongTensor codes (B, h, w), uncertainty (B, h, w) or None).
+        The encoder runs in eval mode (no layer here depends on the mode, but a subclass's might).
+        """
         self._check_images(images)
         images = images.to(self.quantizer.codebook.device)
-        was_training = self.training
-        self.eval()
+        was_training = self.encoder.training
+        self.encoder.eval()
         try:
-            return images, self.quantizer(self.encoder(images - 0.5), codes=codes)
+            indices, uncertainty = self.quantizer.hard_codes(self.encoder(images - 0.5), codes=codes,
+                                                             with_uncertainty=with_uncertainty)
         finally:
-            self.train(was_training)
+            self.encoder.train(was_training)
+        return images, indices.long(), uncertainty
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -262,11 +269,10 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         (hard codes: 'argmax' or 'sample' as in ``encode``). ``reconstruction`` equals
         ``reconstruct(images)`` and ``codes`` equals ``encode(images)``; ``uncertainty`` is u = K/S
         per token (high: little evidence for any code), or None when the quantizer has none; ``mse`` is
-        the per-image error that training and ``evaluate`` report.
+        the per-image error that training and ``evaluate`` report. No KL or other loss term is computed.
         """
-        images, q = self._quantize_checked(images, codes)
-        indices = q.indices.long()
+        images, indices, uncertainty = self._hard_codes(images, codes, with_uncertainty=True)
         raw = self._decode_unclamped(indices)  # decode()'s own path: bit-for-bit the reconstruction it gives
         mse = (raw - images.float()).pow(2).flatten(1).mean(1)
-        uncertainty = None if q.uncertainty is None else q.uncertainty.float()
+        uncertainty = None if uncertainty is None else uncertainty.float()
         return TokenizerAnalysis(reconstruction=raw.clamp(0.0, 1.0), codes=indices, uncertainty=uncertainty, mse=mse)

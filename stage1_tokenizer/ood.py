@@ -4,8 +4,9 @@
         --cifar ../shared/data/cifar10_dev.npz --out docs/results/celeba64/ood.json [--write-reference]
 
 Scores every image by its mean evidential uncertainty over the token grid (argmax codes, eval mode)
-and, as the obvious baseline, by its reconstruction MSE; then reports the AUROC of each score for
-telling the tokenizer's held-out images (in-distribution) from:
+and, as the obvious baseline, by its reconstruction MSE (``mse``: the decoder output as it is;
+``mse_clipped``: the reconstruction clipped to [0, 1]), all from ``uncertainty.per_image_scores``;
+then reports the AUROC of each score for telling the tokenizer's held-out images (in-distribution) from:
 
 - ``cifar10``: CIFAR-10 images brought to the tokenizer's size (bilinear upscaling);
 - ``upside_down``: the same held-out images flipped vertically (same pixels, unfamiliar layout);
@@ -25,11 +26,10 @@ import argparse
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from edvae_common.hub import resolve_pretrained
 from edvae_common.io import read_json, write_json
@@ -37,24 +37,12 @@ from edvae_common.io import read_json, write_json
 from .config import DataConfig
 from .data import build_dataset
 from .data.preprocess import Preprocess
-from .evaluation import UNCERTAINTY_REFERENCE_FILE, mean_uncertainty_quantiles, write_uncertainty_reference
 from .model import TRAINING_DATA_FILE, EdVAE
+from .uncertainty import (UNCERTAINTY_REFERENCE_FILE, mean_uncertainty_quantiles, per_image_scores,
+                          write_uncertainty_reference)
 
 logger = logging.getLogger("stage1.ood")
-
-
-def per_image_scores(model: EdVAE, images: Iterable[torch.Tensor] | Dataset, batch_size: int = 100) -> dict[str, np.ndarray]:
-    """Per-image mean evidential uncertainty and reconstruction MSE (``EdVAE.analyze``: argmax codes, eval mode)."""
-    if model.config.quantizer != "edvae":
-        raise ValueError(f"only the EdVAE quantizer has an evidential uncertainty; this tokenizer uses "
-                         f"'{model.config.quantizer}'")
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False) if isinstance(images, Dataset) else images
-    unc, mse = [], []
-    for batch in loader:
-        out = model.analyze(batch.float())
-        unc.append(out.uncertainty.flatten(1).double().mean(1).cpu())
-        mse.append(out.mse.double().cpu())
-    return {"mean_uncertainty": torch.cat(unc).numpy(), "mse": torch.cat(mse).numpy()}
+__all__ = ["auroc", "main", "per_image_scores"]  # per_image_scores: stage1_tokenizer.uncertainty's
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
@@ -122,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n": int(len(images)),
             "auroc_mean_uncertainty": auroc(base["mean_uncertainty"], scores["mean_uncertainty"]),
             "auroc_reconstruction_mse": auroc(base["mse"], scores["mse"]),
+            "auroc_reconstruction_mse_clipped": auroc(base["mse_clipped"], scores["mse_clipped"]),
             "mean_uncertainty": float(scores["mean_uncertainty"].mean()),
         }
         logger.info("%s: AUROC mean uncertainty %.3f, reconstruction MSE %.3f", name,

@@ -28,15 +28,15 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from edvae_common.accel import make_training_accelerator
-from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
+from edvae_common.config import flat_hparams, load_config
 from edvae_common.io import save_image_grid, side_by_side, write_json
-from edvae_common.runs import MetricsLog, checkpoint_to_resume, save_checkpoint
-from edvae_common.training import TrainState, check_resumed_config, infinite_batches
+from edvae_common.runs import export_atomically, save_checkpoint
+from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run
 from stage1_tokenizer.collapse import CollapseAlarm
 from stage1_tokenizer.config import Stage1Config
-from stage1_tokenizer.data import EpochShuffleSampler, build_dataset
-from stage1_tokenizer.evaluation import evaluate_tokenizer, save_usage_histogram
-from stage1_tokenizer.metrics import code_counts, codes_used, perplexity
+from stage1_tokenizer.data import build_dataset
+from stage1_tokenizer.loss import stage1_loss
+from stage1_tokenizer.metrics import code_counts, codes_used, evaluate_tokenizer, perplexity, save_usage_histogram
 from stage1_tokenizer.model import TRAINING_DATA_FILE, EdVAE
 from stage1_tokenizer.schedules import kl_weight, learning_rate, temperature
 
@@ -60,14 +60,8 @@ def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
     to its end, so no half-consumed loader is left behind in Accelerate's state.
     """
     t = cfg.train
-    per_step = accelerator.num_processes * t.gradient_accumulation_steps
-    if t.batch_size % per_step:
-        raise ConfigError(f"invalid value for config key 'train.batch_size': {t.batch_size} is not divisible by "
-                          f"processes x gradient_accumulation_steps = {per_step}")
-    micro = t.batch_size // per_step
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
-    if len(train_set) < t.batch_size:
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training split ({len(train_set)} images)")
+    micro = micro_batch_size(t.batch_size, accelerator.num_processes, t.gradient_accumulation_steps, len(train_set))
     sampler = EpochShuffleSampler(len(train_set), t.seed)
     common = dict(num_workers=cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
@@ -112,18 +106,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     accelerator.register_for_checkpointing(state)
 
     # 3. Resume, or start a fresh run folder.
-    checkpoint = checkpoint_to_resume(run_dir, cfg.resume)
-    if checkpoint is not None:
-        check_resumed_config(run_dir / "config.yaml", cfg)
-        accelerator.load_state(str(checkpoint))
-        logger.info("resumed from %s at step %d", checkpoint, state.step)
-    elif cfg.resume == "latest":
-        logger.info("resume=latest: no checkpoint in %s yet, starting fresh", run_dir)
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    log = open_run(accelerator, run_dir, cfg, state)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-        log.truncate_after(state.step)
         logger.info("%d train / %d test images; %d processes; micro-batch %d; run folder %s",
                     n_train, n_test, accelerator.num_processes, t.batch_size // (accelerator.num_processes * t.gradient_accumulation_steps), run_dir)
     if t.tracker != "none":
@@ -161,14 +145,15 @@ def main(argv: list[str] | None = None) -> Path | None:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     out = forward(images, tau=tau)
-                loss = out.mse + beta * out.kl + out.aux_loss
+                terms = stage1_loss(out, beta)
+                loss = terms.loss
                 accelerator.backward(loss)
                 if t.grad_clip is not None and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             unc = out.uncertainty.mean() if out.uncertainty is not None else torch.zeros((), device=loss.device)
-            sums += torch.stack([loss.detach(), out.mse.detach(), out.kl.detach(), unc.detach()])
+            sums += torch.stack([loss.detach(), terms.mse.detach(), terms.kl.detach(), unc.detach()])
             counts += code_counts(out.indices, k)
             images_seen += len(images)
         state.step += 1
@@ -248,17 +233,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         return None
 
     # 7. Export the tokenizer for the library API and stage 2.
-    export = run_dir / EXPORT_DIR
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = run_dir / f".{EXPORT_DIR}.tmp"
-        unwrapped.save_pretrained(str(tmp))
-        write_json(tmp / TRAINING_DATA_FILE, asdict(cfg.data))
-        if export.exists():
-            import shutil
+    def write_export(folder: Path) -> None:
+        unwrapped.save_pretrained(str(folder))
+        write_json(folder / TRAINING_DATA_FILE, asdict(cfg.data))
 
-            shutil.rmtree(export)
-        tmp.rename(export)
+    export = export_atomically(accelerator, run_dir, EXPORT_DIR, write_export)
+    if accelerator.is_main_process:
         logger.info("exported the tokenizer to %s", export)
     accelerator.end_training()
     return export

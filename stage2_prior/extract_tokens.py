@@ -34,9 +34,7 @@ from tqdm.auto import tqdm
 from edvae_common.accel import make_accelerator
 from edvae_common.hub import resolve_pretrained
 from edvae_common.io import read_json, write_json
-from stage1_tokenizer.config import DATASETS, DataConfig
-from stage1_tokenizer.data import build_dataset
-from stage1_tokenizer.model import TRAINING_DATA_FILE, EdVAE
+from stage1_tokenizer import DATASETS, TRAINING_DATA_FILE, DataConfig, EdVAE, build_dataset
 from stage2_prior.tokens import TOKEN_DTYPE, Manifest, SplitInfo, TokenizerFingerprint, save_array
 
 logger = logging.getLogger("stage2.extract")

@@ -321,7 +321,7 @@ def load_images(source: str | Path, split: str = "all", test_fraction: float = 0
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"'{source}': expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
     if split != "all":
-        from stage1_tokenizer.data import held_out_split
+        from stage1_tokenizer import held_out_split
 
         images = images[held_out_split(len(images), split, test_fraction, split_seed)]
     return images
@@ -409,8 +409,7 @@ def open_source(text: str, split: str = "all", image_size: int | None = None, te
     generic sources are resized (shorter side + center crop, stage 1's) only when ``image_size`` is given.
     ``split`` is the source's own train / test where it has them, else stage 1's seeded held-out split.
     """
-    from stage1_tokenizer.config import DataConfig
-    from stage1_tokenizer.data import build_dataset
+    from stage1_tokenizer import DataConfig, build_dataset
 
     kind, path = parse_source(text)
     if kind == "auto" and Path(path).is_dir():
@@ -522,7 +521,7 @@ def reconstruct_images(images: np.ndarray, tokenizer_dir: str, batch_size: int =
     """Pass uint8 images through a stage-1 tokenizer (argmax codes); returns the uint8 reconstructions
     and the tokenizer's weights hash."""
     from edvae_common.io import to_uint8
-    from stage1_tokenizer.model import EdVAE
+    from stage1_tokenizer import EdVAE
 
     tokenizer = EdVAE.from_pretrained(tokenizer_dir).to(device)
     src = array_source(images, {})
@@ -618,7 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             real_desc["statistics"] = "from the cache" if cached else "computed"
         else:  # one pass over the real images: their features and their reconstructions' features
             from edvae_common.io import to_uint8
-            from stage1_tokenizer.model import EdVAE
+            from stage1_tokenizer import EdVAE
 
             tokenizer = EdVAE.from_pretrained(args.reconstruct_with).to(device).eval()
             recon_stats = FeatureStats()

@@ -158,7 +158,7 @@ def prepare_image(source: Any, kind: str, size: int) -> torch.Tensor:
     from PIL import Image
     from torchvision.transforms.functional import center_crop
 
-    from stage1_tokenizer.data.preprocess import Preprocess
+    from stage1_tokenizer import Preprocess
 
     if kind not in KINDS:
         raise ValueError(f"unknown preprocessing '{kind}'; use one of {', '.join(KINDS)}")

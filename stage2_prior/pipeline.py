@@ -150,8 +150,7 @@ class Pipeline:
         (``celeba``, ``lsun_church``, ``cifar10``, ``generic``), e.g. ``celeba`` for a tokenizer trained
         on an ``.npz`` of faces that were cropped and resized beforehand.
         """
-        from stage1_tokenizer.evaluation import UNCERTAINTY_REFERENCE_FILE, read_uncertainty_reference
-        from stage1_tokenizer.model import TRAINING_DATA_FILE, EdVAE
+        from stage1_tokenizer import TRAINING_DATA_FILE, UNCERTAINTY_REFERENCE_FILE, EdVAE, read_uncertainty_reference
         from stage2_prior.model import load_prior
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -239,8 +238,7 @@ class Pipeline:
     @torch.no_grad()
     def reconstruct(self, image: Any) -> Reconstruction:
         """What the tokenizer does to ``image``: reconstruction, token map, uncertainty map and their numbers."""
-        from stage1_tokenizer.evaluation import percentile_of
-        from stage1_tokenizer.metrics import psnr_from_mse
+        from stage1_tokenizer import percentile_of, psnr_from_mse
 
         x = self.prepare(image)
         out = self.tokenizer.analyze(x[None].to(self.device))

@@ -29,11 +29,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from edvae_common.accel import make_training_accelerator
-from edvae_common.config import ConfigError, flat_hparams, load_config, save_yaml
+from edvae_common.config import ConfigError, flat_hparams, load_config
 from edvae_common.io import read_json, save_image_grid, write_json
-from edvae_common.runs import MetricsLog, checkpoint_to_resume, save_checkpoint
-from edvae_common.training import TrainState, check_resumed_config, infinite_batches
-from stage1_tokenizer.data import EpochShuffleSampler
+from edvae_common.runs import export_atomically, save_checkpoint
+from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run
 from stage2_prior.config import Stage2Config
 from stage2_prior.model import PriorSpec, build_prior
 from stage2_prior.schedule import EMA, prior_lr
@@ -106,7 +105,7 @@ def sample_grid(model, spec: PriorSpec, cfg: Stage2Config, tokenizer, path: Path
 
 def load_grid_tokenizer(cfg: Stage2Config, manifest: Manifest, device):
     """The tokenizer for sample grids, or None (with a warning) when it is missing or does not match the tokens."""
-    from stage1_tokenizer.model import EdVAE
+    from stage1_tokenizer import EdVAE
 
     path = cfg.tokenizer or manifest.tokenizer.path
     try:
@@ -137,13 +136,8 @@ def main(argv: list[str] | None = None) -> Path:
     spec = PriorSpec(manifest.tokenizer, num_classes=manifest.num_classes if cfg.model.class_conditional else 0)
     train_set = TokenDataset(cfg.data.tokens, cfg.data.train_split)
     val_set = TokenDataset(cfg.data.tokens, cfg.data.val_split) if cfg.data.val_split in manifest.splits else None
-    per_step = accelerator.num_processes * t.gradient_accumulation_steps
-    if t.batch_size % per_step:
-        raise ConfigError(f"invalid value for config key 'train.batch_size': {t.batch_size} is not divisible by "
-                          f"processes x gradient_accumulation_steps = {per_step}")
-    micro = t.batch_size // per_step
-    if len(train_set) < t.batch_size:
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the token set ({len(train_set)} sequences)")
+    micro = micro_batch_size(t.batch_size, accelerator.num_processes, t.gradient_accumulation_steps, len(train_set),
+                             source="the token set", unit="sequences")
 
     # 3. Model, optimizer (weight decay on matrices only), data loaders.
     model = build_prior(spec, cfg.model)
@@ -175,24 +169,19 @@ def main(argv: list[str] | None = None) -> Path:
             tokenizer = load_grid_tokenizer(cfg, manifest, accelerator.device)
 
     # 4. Resume, or start a fresh run folder (the restored RNG states continue exactly where they were saved).
-    checkpoint = checkpoint_to_resume(run_dir, cfg.resume)
     token_record = {"tokenizer": asdict(manifest.tokenizer) | {"path": ""}, "num_classes": spec.num_classes,
                     "train_count": len(train_set)}
-    if checkpoint is not None:
-        check_resumed_config(run_dir / "config.yaml", cfg, frozen=("model.", "train.ema_decay"))
+
+    def check_token_set() -> None:
         saved = run_dir / TOKENS_RECORD
         if saved.is_file() and read_json(saved) != token_record:
             raise ConfigError(f"cannot resume the run in '{run_dir}' on another token set: '{cfg.data.tokens}' differs "
                               f"from the one it was trained on ({saved}). Point data.tokens back at it, or start a "
                               "new output_dir.")
-        accelerator.load_state(str(checkpoint))
-        logger.info("resumed from %s at step %d", checkpoint, state.step)
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+
+    log = open_run(accelerator, run_dir, cfg, state, frozen=("model.", "train.ema_decay"), before_resume=check_token_set)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
         write_json(run_dir / TOKENS_RECORD, token_record)
-        log.truncate_after(state.step)
         n_params = sum(p.numel() for p in unwrapped.parameters())
         logger.info("%d train / %s val sequences of %d tokens; %s %s (%.2fM parameters, vocab %d); %d processes; "
                     "micro-batch %d; run folder %s", len(train_set), len(val_set) if val_set else 0, spec.seq_len,
@@ -269,21 +258,14 @@ def main(argv: list[str] | None = None) -> Path:
     progress.close()
 
     # 7. Export the prior (EMA weights when enabled): a transformers folder with the tokenizer fingerprint inside.
-    export = run_dir / EXPORT_DIR
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        import shutil
-
-        tmp = run_dir / f".{EXPORT_DIR}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    def write_export(folder: Path) -> None:
         with ema.swapped(unwrapped) if ema is not None else nullcontext():
-            unwrapped.save_pretrained(str(tmp))
-        write_json(tmp / "training.json", {"tokens": str(cfg.data.tokens), "steps": state.step,
-                                           "config": flat_hparams(cfg), "ema": bool(ema)})
-        if export.exists():
-            shutil.rmtree(export)
-        tmp.rename(export)
+            unwrapped.save_pretrained(str(folder))
+        write_json(folder / "training.json", {"tokens": str(cfg.data.tokens), "steps": state.step,
+                                              "config": flat_hparams(cfg), "ema": bool(ema)})
+
+    export = export_atomically(accelerator, run_dir, EXPORT_DIR, write_export)
+    if accelerator.is_main_process:
         logger.info("exported the prior to %s", export)
     accelerator.end_training()
     return export

@@ -11,9 +11,9 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
 from stage1_tokenizer import EdVAE
-from stage1_tokenizer.evaluation import (UNCERTAINTY_REFERENCE_FILE, evaluate_tokenizer, mean_uncertainty_quantiles,
-                                         per_image_mean_uncertainty, percentile_of, read_uncertainty_reference,
-                                         write_uncertainty_reference)
+from stage1_tokenizer import (UNCERTAINTY_REFERENCE_FILE, evaluate_tokenizer, mean_uncertainty_quantiles,
+                              per_image_mean_uncertainty, per_image_scores, percentile_of, read_uncertainty_reference,
+                              write_uncertainty_reference)
 
 
 class Images(Dataset):
@@ -74,6 +74,10 @@ def test_evaluation_numbers_come_from_analyze():
     result = evaluate_tokenizer(model, DataLoader(images, batch_size=4), Accelerator(cpu=True))
     out = model.analyze(images)
     assert result.metrics["mse"] == pytest.approx(float(out.mse.mean()), rel=1e-6)
+    clipped = (out.reconstruction - images).pow(2).flatten(1).mean(1)      # the reconstruction is already clipped
+    assert result.metrics["mse_clipped"] == pytest.approx(float(clipped.mean()), rel=1e-6)
+    assert result.metrics["psnr"] == pytest.approx(float((-10 * clipped.log10()).mean()), rel=1e-5)
+    assert result.metrics["psnr_of_mean_mse"] == pytest.approx(-10 * np.log10(float(clipped.mean())), rel=1e-6)
     assert result.metrics["mean_uncertainty"] == pytest.approx(float(out.uncertainty.mean()), rel=1e-5)
     assert result.metrics["codes_used"] == len(torch.unique(out.codes))
     assert torch.allclose(result.reconstructions, out.reconstruction[:4], atol=1e-6)  # the first batch (grid images)
@@ -105,3 +109,29 @@ def test_mean_uncertainty_quantiles_and_percentiles(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_uncertainty_reference(tmp_path)
+
+
+def test_psnr_is_on_the_clipped_reconstruction():
+    """A decoder that overshoots [0, 1]: mse counts the overshoot (the release's number), mse_clipped and psnr not."""
+    model = small()
+    with torch.no_grad():  # push the decoder's output well outside [0, 1]
+        model.decoder.blocks.output.conv.bias.fill_(2.0)
+    images = torch.rand(6, 3, 16, 16)
+    m = evaluate_tokenizer(model, DataLoader(images, batch_size=4), Accelerator(cpu=True)).metrics
+    out = model.analyze(images)
+    assert out.reconstruction.max() <= 1.0 and out.mse.mean() > 1.0
+    assert m["mse"] == pytest.approx(float(out.mse.mean()), rel=1e-6)
+    assert m["mse_clipped"] == pytest.approx(float((1.0 - images).pow(2).mean()), rel=1e-5)  # every value at 1
+    assert m["mse_clipped"] < m["mse"] and m["psnr"] > 0
+
+
+def test_per_image_scores_and_the_mean_uncertainty_are_one_computation():
+    model = small()
+    images = torch.rand(9, 3, 16, 16)
+    scores = per_image_scores(model, [images[:5], images[5:]])
+    out = model.analyze(images)
+    assert np.allclose(scores["mean_uncertainty"], out.uncertainty.flatten(1).double().mean(1).numpy())
+    assert np.allclose(scores["mse"], out.mse.double().numpy())
+    assert np.allclose(scores["mse_clipped"], (out.reconstruction - images).pow(2).flatten(1).mean(1).numpy())
+    assert np.array_equal(per_image_mean_uncertainty(model, Images(images), batch_size=4).numpy(),
+                          per_image_scores(model, Images(images), batch_size=4)["mean_uncertainty"])

@@ -27,7 +27,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     tok, prior = make_pair(root / "tiny")
     (prior / "sampling.json").write_text(json.dumps({"top_k": 20, "note": "a test recommendation"}))
-    from stage1_tokenizer.evaluation import write_uncertainty_reference
+    from stage1_tokenizer import write_uncertainty_reference
 
     write_uncertainty_reference(tok, list(np.linspace(0.0, 1.0, 101)), STATEMENT)
     cond_tok, cond_prior = make_pair(root / "cond", num_classes=3, seed=1)

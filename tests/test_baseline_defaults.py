@@ -14,15 +14,15 @@ from safetensors.torch import load_file
 
 from tests.conftest import train_args
 from stage1_tokenizer import train as train_script
-from stage1_tokenizer.quantizers import AffineVQQuantizer, EMAVectorQuantizer
+from stage1_tokenizer.quantizers import VQSTEPPQuantizer, VQVAEEMAQuantizer
 from stage1_tokenizer.quantizers.vqste_pp import kmeans
 
 # ---------------------------------------------------------------------------------------------- VQ-VAE-EMA
 
 
-def ema_tiny(variant: str, eps: float = 1e-5) -> EMAVectorQuantizer:
+def ema_tiny(variant: str, eps: float = 1e-5) -> VQVAEEMAQuantizer:
     """K = 3 codes in 1-d at 0, 1 and 5 (code 2 is never the nearest below), decay 0.5."""
-    q = EMAVectorQuantizer(codebook_size=3, codebook_dim=1, decay=0.5, eps=eps, variant=variant).train()
+    q = VQVAEEMAQuantizer(codebook_size=3, codebook_dim=1, decay=0.5, eps=eps, variant=variant).train()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0], [1.0], [5.0]]))
         if variant == "project-v1":
@@ -38,7 +38,7 @@ def smoothed(counts: list[float], eps: float) -> list[float]:
 
 def test_vqvae_ema_default_is_sonnets_zero_started_debiased_average():
     q = ema_tiny("sonnet")
-    assert q.variant == "sonnet" and EMAVectorQuantizer().variant == "sonnet"
+    assert q.variant == "sonnet" and VQVAEEMAQuantizer().variant == "sonnet"
     assert q.ema_count.sum() == 0 and q.ema_sum.abs().sum() == 0 and q.ema_steps.item() == 0
     eps = 1e-5
     # step 1: z = 0.1, 0.2 -> code 0; 0.9 -> code 1; code 2 unused. Batch counts [2, 1, 0], sums [0.3, 0.9, 0].
@@ -75,20 +75,20 @@ def test_vqvae_ema_project_v1_variant_is_unchanged():
     torch.testing.assert_close(q.codebook.flatten(), torch.tensor([0.15 / 1.5, 0.95 / 1.0, 2.5 / 0.5]))
     assert q.codebook[2].item() == pytest.approx(5.0)   # the unused code keeps its initial vector
     # a fresh project-v1 quantizer starts with sums equal to its (uniform) initial codebook
-    fresh = EMAVectorQuantizer(codebook_size=8, codebook_dim=2, variant="project-v1")
+    fresh = VQVAEEMAQuantizer(codebook_size=8, codebook_dim=2, variant="project-v1")
     assert torch.equal(fresh.ema_sum, fresh.codebook) and torch.equal(fresh.ema_count, torch.ones(8))
     with pytest.raises(ValueError, match="variant"):
-        EMAVectorQuantizer(variant="rosinality")
+        VQVAEEMAQuantizer(variant="rosinality")
 
 
 def test_vqvae_ema_state_from_before_the_variants_loads():
-    old = EMAVectorQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1")
+    old = VQVAEEMAQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1")
     state = {k: v for k, v in old.state_dict().items() if k != "ema_steps"}   # as saved by the first version
-    again = EMAVectorQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1")
+    again = VQVAEEMAQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1")
     again.load_state_dict(state)
     assert torch.equal(again.codebook, old.codebook) and again.ema_steps.item() == 0
     with pytest.warns(UserWarning, match="vqvae_ema_variant=project-v1"):
-        EMAVectorQuantizer(codebook_size=4, codebook_dim=2).load_state_dict(state)
+        VQVAEEMAQuantizer(codebook_size=4, codebook_dim=2).load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------- VQ-STE++
@@ -99,31 +99,31 @@ def positions(t: torch.Tensor) -> torch.Tensor:
     return t[0, :, 0, :].t()
 
 
-def vq_tiny(**kwargs) -> AffineVQQuantizer:
+def vq_tiny(**kwargs) -> VQSTEPPQuantizer:
     """K = 2 codes in 2-d at (0, 0) and (1, 1); a learned affine map at its start (scale 1, shift 0): C = B."""
-    q = AffineVQQuantizer(codebook_size=2, codebook_dim=2, affine="learned", **kwargs).train()
+    q = VQSTEPPQuantizer(codebook_size=2, codebook_dim=2, affine="learned", **kwargs).train()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     return q
 
 
 def test_vqste_pp_defaults_are_vqtorchs():
-    q = AffineVQQuantizer()
+    q = VQSTEPPQuantizer()
     assert q.variant == "vqtorch"
     assert (q.inner_lr, q.inner_momentum, q.codebook_weight, q.commitment) == (50.0, 0.9, 1.0, 0.0)
     assert q.inner_mean_over_dims and not q.kmeans_init and q.sync_nu == 0.2 and q.affine_mode == "statistics"
     # without the in-place step, vqtorch's default beta = 0.95: 0.95 codebook + 0.05 commitment
-    no_inner = AffineVQQuantizer(inner_lr=0.0)
+    no_inner = VQSTEPPQuantizer(inner_lr=0.0)
     assert (no_inner.codebook_weight, no_inner.commitment) == (0.95, 0.05)
-    old = AffineVQQuantizer(variant="project-v1")
+    old = VQSTEPPQuantizer(variant="project-v1")
     assert (old.inner_lr, old.inner_momentum, old.codebook_weight, old.commitment) == (0.5, 0.0, 1.0, 0.25)
     assert not old.inner_mean_over_dims
     with pytest.raises(ValueError, match="variant"):
-        AffineVQQuantizer(variant="vqtorch-0.1")
+        VQSTEPPQuantizer(variant="vqtorch-0.1")
     with pytest.raises(ValueError, match="inner_momentum"):
-        AffineVQQuantizer(inner_momentum=1.0)
+        VQSTEPPQuantizer(inner_momentum=1.0)
     with pytest.raises(ValueError, match=r"\[0, 0.5\]"):
-        AffineVQQuantizer(variant="project-v1", inner_lr=1.0)
+        VQSTEPPQuantizer(variant="project-v1", inner_lr=1.0)
 
 
 def test_vqste_pp_inner_sgd_momentum_step_by_hand_over_two_steps():
@@ -156,7 +156,7 @@ def test_vqste_pp_inner_sgd_momentum_step_by_hand_over_two_steps():
 def test_vqste_pp_inner_step_equals_torch_sgd_on_vqtorchs_mean_loss():
     # vqtorch's in-place update on a plain codebook: ((z_q - sg(z))^2).mean().backward(); SGD(lr 50, momentum 0.9)
     torch.manual_seed(0)
-    q = AffineVQQuantizer(codebook_size=6, codebook_dim=3, affine="learned").train()
+    q = VQSTEPPQuantizer(codebook_size=6, codebook_dim=3, affine="learned").train()
     reference = torch.nn.Parameter(q.codebook.detach().clone())
     sgd = torch.optim.SGD([reference], lr=50.0, momentum=0.9)
     for _ in range(3):
@@ -206,7 +206,7 @@ def test_kmeans_finds_separated_clusters_and_repeats_too_few_vectors():
 
 def test_vqste_pp_kmeans_initialisation_once_at_the_first_training_forward():
     torch.manual_seed(0)
-    q = AffineVQQuantizer(codebook_size=3, codebook_dim=2, affine="learned", inner_lr=0.0, kmeans_init=True)
+    q = VQSTEPPQuantizer(codebook_size=3, codebook_dim=2, affine="learned", inner_lr=0.0, kmeans_init=True)
     centres = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
     x = centres.repeat_interleave(4, 0) + 0.05 * torch.randn(12, 2)
     z = x.t().reshape(1, 2, 3, 4)                   # 12 positions, 4 near each centre
@@ -219,19 +219,19 @@ def test_vqste_pp_kmeans_initialisation_once_at_the_first_training_forward():
     q(z + 1.0)
     assert torch.equal(q.codebook.detach(), before)  # no second initialisation (and no inner step: lr 0)
     # the 'statistics' affine map: the codes equal the centroids right after the initialisation
-    s = AffineVQQuantizer(codebook_size=3, codebook_dim=2, inner_lr=0.0, kmeans_init=True).train()
+    s = VQSTEPPQuantizer(codebook_size=3, codebook_dim=2, inner_lr=0.0, kmeans_init=True).train()
     s(z)
     assert torch.cdist(s.codes().detach(), centres).min(1).values.max() < 0.1
 
 
 def test_vqste_pp_state_from_before_the_variants_loads():
-    old = AffineVQQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1")
+    old = VQSTEPPQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1")
     state = {k: v for k, v in old.state_dict().items() if k not in ("inner_velocity", "data_initialized")}
-    again = AffineVQQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1", kmeans_init=True)
+    again = VQSTEPPQuantizer(codebook_size=4, codebook_dim=2, variant="project-v1", kmeans_init=True)
     again.load_state_dict(state)
     assert bool(again.data_initialized) and again.inner_velocity.abs().sum() == 0  # trained: no k-means now
     with pytest.warns(UserWarning, match="vqste_pp_variant=project-v1"):
-        AffineVQQuantizer(codebook_size=4, codebook_dim=2).load_state_dict(state)
+        VQSTEPPQuantizer(codebook_size=4, codebook_dim=2).load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------- resume

@@ -114,9 +114,9 @@ def test_from_config_accepts_a_mapping_and_validates_it():
 
 def test_hard_codes_follow_pi_in_training_and_in_sampling():
     """argmax of the Gumbel-softmax sample ~ Cat(pi) (Gumbel-max), and codes='sample' draws Cat(pi)."""
-    from stage1_tokenizer.quantizers import DirichletQuantizer
+    from stage1_tokenizer.quantizers import EdVAEQuantizer
 
-    q = DirichletQuantizer(codebook_size=4, codebook_dim=2)
+    q = EdVAEQuantizer(codebook_size=4, codebook_dim=2)
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
     alpha = logits.exp() + 1
     pi = alpha / alpha.sum()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stage1_tokenizer import ood
-from stage1_tokenizer.evaluation import UNCERTAINTY_REFERENCE_FILE
+from stage1_tokenizer import UNCERTAINTY_REFERENCE_FILE
 from tests.stage2_helpers import make_image_npz, make_tokenizer
 
 
@@ -37,13 +37,12 @@ def test_cli_writes_aurocs_and_the_reference(tmp_path: Path):
     assert set(result["sets"]) == {"upside_down", "noisy", "uniform_noise"} and result["n_in_distribution"] == 4
     for entry in result["sets"].values():
         assert 0.0 <= entry["auroc_mean_uncertainty"] <= 1.0 and 0.0 <= entry["auroc_reconstruction_mse"] <= 1.0
+        assert 0.0 <= entry["auroc_reconstruction_mse_clipped"] <= 1.0
     reference = json.loads((tmp_path / "tok" / UNCERTAINTY_REFERENCE_FILE).read_text())
     q = reference["mean_uncertainty_quantiles"]
     assert len(q) == 101 and q == sorted(q) and "AUROC" in reference["statement"]
     # the percentiles are those of the training images' own scores
-    from stage1_tokenizer import EdVAE
-    from stage1_tokenizer.config import DataConfig
-    from stage1_tokenizer.data import build_dataset
+    from stage1_tokenizer import DataConfig, EdVAE, build_dataset
 
     tok = EdVAE.from_pretrained(tmp_path / "tok")
     train = build_dataset(DataConfig(**json.loads((tmp_path / "tok" / "training_data.json").read_text())), "train")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from edvae_common.hub import CheckpointError
 from stage1_tokenizer.data.preprocess import Preprocess
-from stage1_tokenizer.evaluation import write_uncertainty_reference
+from stage1_tokenizer import write_uncertainty_reference
 from stage2_prior import inputs
 from stage2_prior import sample as sample_cli
 from stage2_prior.inputs import ImageInputError, prepare_image, read_image

@@ -6,15 +6,39 @@ import math
 import pytest
 import torch
 
-from stage1_tokenizer import EdVAE
-from stage1_tokenizer.quantizers import (QUANTIZERS, AffineVQQuantizer, EMAVectorQuantizer, GaussianSQQuantizer,
-                                         GumbelQuantizer, GumbelVQQuantizer)
+from stage1_tokenizer import EdVAE, stage1_loss
+from stage1_tokenizer.quantizers import (QUANTIZERS, DVAEQuantizer, GSVQVAEQuantizer, SQVAEQuantizer, VQSTEPPQuantizer,
+                                         VQVAEEMAQuantizer)
 
 BASELINES = ["dvae", "gs_vqvae", "vqvae_ema", "sqvae", "vqste_pp"]
 
 
 def test_registry_names():
     assert set(QUANTIZERS) == {"edvae", "dvae", "gs_vqvae", "vqvae_ema", "sqvae", "vqste_pp"}
+
+
+def test_one_vocabulary_file_registry_name_and_class_name():
+    """quantizers/<name>.py holds <Name>Quantizer, registered as <name> (the paper's names, e.g. EdVAE, VQ-STE++)."""
+    for name, cls in QUANTIZERS.items():
+        assert cls.__module__ == f"stage1_tokenizer.quantizers.{name}", (name, cls.__module__)
+        assert cls.__name__.lower() == name.replace("_", "") + "quantizer", (name, cls.__name__)
+
+
+@pytest.mark.parametrize("name", ["edvae", *BASELINES])
+def test_hard_codes_are_the_eval_forwards_codes_and_change_nothing(name):
+    torch.manual_seed(0)
+    model = EdVAE(quantizer=name, channels=8)
+    model.train()(torch.rand(4, 3, 32, 32), tau=1.0)       # one training forward: EMA / statistics / init state
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    z = model.encoder(torch.rand(3, 3, 32, 32) - 0.5)
+    codes, uncertainty = model.quantizer.hard_codes(z, with_uncertainty=True)
+    out = model.quantizer(z)
+    assert torch.equal(codes, out.indices)
+    assert (uncertainty is None) == (out.uncertainty is None)
+    if uncertainty is not None:
+        assert torch.equal(uncertainty, out.uncertainty)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -25,7 +49,7 @@ def test_shapes_and_gradients_reach_the_encoder(name):
     assert model.encoder.blocks.output.conv.out_channels == expected
     out = model(torch.rand(2, 3, 32, 32), tau=0.8)
     assert out.recon.shape == (2, 3, 32, 32) and out.indices.shape == (2, 8, 8)
-    (out.mse + 1e-3 * out.kl + out.aux_loss).backward()
+    stage1_loss(out, 1e-3).loss.backward()
     grad = model.encoder.blocks.input.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     codes = model.encode(torch.rand(2, 3, 32, 32))
@@ -33,7 +57,7 @@ def test_shapes_and_gradients_reach_the_encoder(name):
 
 
 def test_dvae_kl_by_hand():
-    q = GumbelQuantizer(codebook_size=3, codebook_dim=2).eval()
+    q = DVAEQuantizer(codebook_size=3, codebook_dim=2).eval()
     logits = torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1)
     p = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), 0)
     expected = float((p * (p * 3).log()).sum())
@@ -43,7 +67,7 @@ def test_dvae_kl_by_hand():
 
 
 def test_gs_vqvae_logits_are_negative_squared_distances():
-    q = GumbelVQQuantizer(codebook_size=3, codebook_dim=2).eval()
+    q = GSVQVAEQuantizer(codebook_size=3, codebook_dim=2).eval()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
     z = torch.tensor([0.9, 0.1]).view(1, 2, 1, 1)
@@ -56,7 +80,7 @@ def test_gs_vqvae_logits_are_negative_squared_distances():
 
 
 def test_vqvae_ema_commitment_straight_through_and_ema_update_by_hand():
-    q = EMAVectorQuantizer(codebook_size=2, codebook_dim=1, decay=0.5, commitment=0.25, eps=0.0,
+    q = VQVAEEMAQuantizer(codebook_size=2, codebook_dim=1, decay=0.5, commitment=0.25, eps=0.0,
                            variant="project-v1").train()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0], [1.0]]))
@@ -78,7 +102,7 @@ def test_vqvae_ema_commitment_straight_through_and_ema_update_by_hand():
 
 
 def test_vqvae_ema_uniform_init():
-    q = EMAVectorQuantizer(codebook_size=512, codebook_dim=16)
+    q = VQVAEEMAQuantizer(codebook_size=512, codebook_dim=16)
     assert q.codebook.abs().max() <= 1 / 512
 
 
@@ -100,7 +124,7 @@ def test_the_vqvae_papers_architecture(name):
     assert isinstance(names["decoder.blocks.up_2"], torch.nn.ConvTranspose2d)
     out = model(torch.rand(2, 3, 32, 32), tau=1.0)
     assert out.recon.shape == (2, 3, 32, 32) and out.indices.shape == (2, 8, 8)
-    (out.mse + out.aux_loss + 1e-3 * out.kl).backward()
+    stage1_loss(out, 1e-3).loss.backward()
     assert model.encoder.blocks.down_1.weight.grad.abs().sum() > 0
     assert model.grid_shape(64) == (16, 16)
 
@@ -117,9 +141,9 @@ def test_architecture_name_is_checked():
 # ---------------------------------------------------------------------------------------------- SQ-VAE
 
 
-def sq_tiny(**kwargs) -> GaussianSQQuantizer:
+def sq_tiny(**kwargs) -> SQVAEQuantizer:
     """K = 3 codes in 2-d, s^2 = 1 + exp(0) = 2."""
-    q = GaussianSQQuantizer(codebook_size=3, codebook_dim=2, log_variance_init=0.0, **kwargs)
+    q = SQVAEQuantizer(codebook_size=3, codebook_dim=2, log_variance_init=0.0, **kwargs)
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
     return q
@@ -171,11 +195,11 @@ def test_sqvae_variance_is_learned_and_gradients_reach_the_codebook():
     assert q.log_variance.grad is not None and q.log_variance.grad.abs() > 0
     assert q.codebook.grad.abs().sum() > 0 and z.grad.abs().sum() > 0
     # a huge variance makes the assignment uniform: -H = -log K per position
-    flat = GaussianSQQuantizer(codebook_size=3, codebook_dim=2, log_variance_init=30.0).eval()
+    flat = SQVAEQuantizer(codebook_size=3, codebook_dim=2, log_variance_init=30.0).eval()
     assert flat(torch.randn(1, 2, 1, 1)).latent_nats.item() == pytest.approx(-math.log(3), abs=1e-4)
     # the release's start for 64-dim codes, and the dimension-scaled one for 16-dim codes
-    assert GaussianSQQuantizer(512, 64).variance.item() == pytest.approx(21.0)
-    assert GaussianSQQuantizer(512, 16).variance.item() == pytest.approx(6.0)
+    assert SQVAEQuantizer(512, 64).variance.item() == pytest.approx(21.0)
+    assert SQVAEQuantizer(512, 16).variance.item() == pytest.approx(6.0)
 
 
 def test_sqvae_encoder_noise_only_in_training():
@@ -190,17 +214,20 @@ def test_sqvae_encoder_noise_only_in_training():
     assert q(z, tau=1.0).latent_nats.item() != a
 
 
-def test_sqvae_model_weights_the_latent_terms_by_the_mse():
-    # ARELBO: the decoder variance is the MSE, so aux_loss = (2 sg(MSE) / D) * latent_nats with D = 3*32*32
+def test_sqvae_objective_weights_the_latent_terms_by_the_mse():
+    # ARELBO: the decoder variance is the MSE, so aux = (2 sg(MSE) / D) * latent_nats with D = 3*32*32 (loss.py)
     torch.manual_seed(0)
     model = EdVAE(quantizer="sqvae", channels=8).eval()
     x = torch.rand(2, 3, 32, 32)
     out = model(x)
+    terms = stage1_loss(out, beta=0.5)
     latent = model.quantizer(model.encoder(x - 0.5)).latent_nats
-    assert out.aux_loss.item() == pytest.approx(2 * out.mse.item() / 3072 * latent.item(), rel=1e-5)
+    assert out.aux_loss.item() == 0.0 and out.latent_nats.item() == pytest.approx(latent.item(), rel=1e-6)
+    assert terms.aux.item() == pytest.approx(2 * out.mse.item() / 3072 * latent.item(), rel=1e-5)
+    assert terms.loss.item() == pytest.approx(out.mse.item() + terms.aux.item(), rel=1e-6)   # kl = 0: no beta
     model.train()
     out = model(x, tau=1.0)
-    out.aux_loss.backward()
+    stage1_loss(out, beta=0.5).aux.backward()
     assert model.quantizer.log_variance.grad.abs() > 0
     assert model.decoder.blocks.output.conv.weight.grad is None or \
         model.decoder.blocks.output.conv.weight.grad.abs().sum() == 0  # sg(MSE): no decoder gradient from it
@@ -222,7 +249,7 @@ def test_evaluation_argmax_is_the_nearest_code(name):
 
 
 def test_vqste_pp_inner_step_loss_terms_and_synchronized_gradients_by_hand():
-    q = AffineVQQuantizer(codebook_size=2, codebook_dim=1, variant="project-v1", affine="learned", sync_nu=0.2,
+    q = VQSTEPPQuantizer(codebook_size=2, codebook_dim=1, variant="project-v1", affine="learned", sync_nu=0.2,
                           inner_lr=0.5).train()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0], [1.0]]))
@@ -245,7 +272,7 @@ def test_vqste_pp_inner_step_loss_terms_and_synchronized_gradients_by_hand():
 
 
 def test_vqste_pp_affine_codebook_and_its_gradients():
-    q = AffineVQQuantizer(codebook_size=4, codebook_dim=2, affine="learned", affine_lr=10.0, inner_lr=0.0)
+    q = VQSTEPPQuantizer(codebook_size=4, codebook_dim=2, affine="learned", affine_lr=10.0, inner_lr=0.0)
     with torch.no_grad():
         q.affine_scale.fill_(0.1)    # scale = 1 + 10 * 0.1 = 2
         q.affine_shift.fill_(-0.05)  # shift = -0.5
@@ -259,7 +286,7 @@ def test_vqste_pp_affine_codebook_and_its_gradients():
 
 
 def test_vqste_pp_statistics_affine_matches_the_encoder_moments():
-    q = AffineVQQuantizer(codebook_size=64, codebook_dim=3, inner_lr=0.0).train()   # affine='statistics'
+    q = VQSTEPPQuantizer(codebook_size=64, codebook_dim=3, inner_lr=0.0).train()   # affine='statistics'
     assert q.affine_mode == "statistics" and not any("affine" in n for n, _ in q.named_parameters())
     z1 = 0.01 * torch.randn(4, 3, 5, 5) + 0.3
     q(z1)
@@ -280,7 +307,7 @@ def _ddp_worker(rank: int, init_file: str, results: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)  # the same initial quantizer on both processes
-    q = AffineVQQuantizer(codebook_size=8, codebook_dim=2, kmeans_init=True).train()  # vqtorch: momentum + k-means
+    q = VQSTEPPQuantizer(codebook_size=8, codebook_dim=2, kmeans_init=True).train()  # vqtorch: momentum + k-means
     torch.manual_seed(100 + rank)  # different data (and random streams) on each process
     for _ in range(3):
         q(torch.randn(2, 2, 3, 3) * (1 + rank))
@@ -294,7 +321,7 @@ def test_vqste_pp_statistics_and_codebook_stay_identical_under_ddp(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    fresh = AffineVQQuantizer(codebook_size=8, codebook_dim=2)
+    fresh = VQSTEPPQuantizer(codebook_size=8, codebook_dim=2)
     assert not torch.equal(a["codebook"], fresh.codebook.detach())  # the inner steps did move it
     assert a["inner_velocity"].abs().sum() > 0 and bool(a["data_initialized"])
 

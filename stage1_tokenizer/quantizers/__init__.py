@@ -1,21 +1,26 @@
-"""Quantizers, chosen by the config name ``model.quantizer`` from a registry (never by eval)."""
+"""Quantizers, chosen by the config name ``model.quantizer`` from a registry (never by eval).
+
+One file per registry name, one class per file named after it: ``edvae.py`` holds ``EdVAEQuantizer``,
+``dvae.py`` ``DVAEQuantizer``, ``gs_vqvae.py`` ``GSVQVAEQuantizer``, ``vqvae_ema.py``
+``VQVAEEMAQuantizer``, ``sqvae.py`` ``SQVAEQuantizer``, ``vqste_pp.py`` ``VQSTEPPQuantizer``. Their KL
+terms are in ``stage1_tokenizer/loss.py``, with the rest of the objective.
+"""
 
 from __future__ import annotations
 
 from edvae_common.config import ConfigError
 
 from .base import Quantizer, QuantizerOutput
-from .dirichlet import kl_dirichlet_uniform
-from .dvae import GumbelQuantizer
-from .edvae import DirichletQuantizer
-from .gs_vqvae import GumbelVQQuantizer
-from .sqvae import GaussianSQQuantizer
-from .vqste_pp import AffineVQQuantizer
-from .vqvae_ema import EMAVectorQuantizer
+from .dvae import DVAEQuantizer
+from .edvae import EdVAEQuantizer
+from .gs_vqvae import GSVQVAEQuantizer
+from .sqvae import SQVAEQuantizer
+from .vqste_pp import VQSTEPPQuantizer
+from .vqvae_ema import VQVAEEMAQuantizer
 
 QUANTIZERS: dict[str, type[Quantizer]] = {
-    cls.name: cls for cls in (DirichletQuantizer, GumbelQuantizer, GumbelVQQuantizer, EMAVectorQuantizer,
-                              GaussianSQQuantizer, AffineVQQuantizer)
+    cls.name: cls for cls in (EdVAEQuantizer, DVAEQuantizer, GSVQVAEQuantizer, VQVAEEMAQuantizer, SQVAEQuantizer,
+                              VQSTEPPQuantizer)
 }
 
 
@@ -29,4 +34,5 @@ def get_quantizer_class(name: str) -> type[Quantizer]:
         ) from None
 
 
-__all__ = ["QUANTIZERS", "AffineVQQuantizer", "DirichletQuantizer", "EMAVectorQuantizer", "GaussianSQQuantizer", "GumbelQuantizer", "GumbelVQQuantizer", "Quantizer", "QuantizerOutput", "get_quantizer_class", "kl_dirichlet_uniform"]
+__all__ = ["QUANTIZERS", "DVAEQuantizer", "EdVAEQuantizer", "GSVQVAEQuantizer", "Quantizer", "QuantizerOutput",
+           "SQVAEQuantizer", "VQSTEPPQuantizer", "VQVAEEMAQuantizer", "get_quantizer_class"]

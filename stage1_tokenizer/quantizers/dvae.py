@@ -2,26 +2,22 @@
 
     q = softmax(z_e)                      per position, K = 512 codes
     training:  z ~ RelaxedOneHotCategorical(tau, logits=z_e), z_q = z @ M
-               loss term KL(q || uniform) = sum_k q_k log(K q_k)   (times beta, outside)
+               loss term KL(q || uniform) = sum_k q_k log(K q_k)   (times beta, in loss.py)
     inference: z = argmax(z_e) (default) or z ~ Cat(q), z_q = M[z]
 """
 
 from __future__ import annotations
 
-import math
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, gumbel_codes
+from ..loss import kl_categorical_uniform
+from .base import Quantizer, QuantizerOutput, gumbel_codes, pick_codes
 
 
-def kl_categorical_uniform(log_q: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """KL(q || uniform over K) = sum_k q_k (log q_k + log K), along ``dim``."""
-    return (log_q.exp() * (log_q + math.log(log_q.shape[dim]))).sum(dim=dim)
-
-
-class GumbelQuantizer(Quantizer):
+class DVAEQuantizer(Quantizer):
     name = "dvae"
 
     def __init__(self, codebook_size: int = 512, codebook_dim: int = 16):
@@ -30,7 +26,7 @@ class GumbelQuantizer(Quantizer):
         self.codebook = nn.Parameter(torch.randn(codebook_size, codebook_dim))  # Gaussian-normal init
 
     @classmethod
-    def from_config(cls, cfg) -> "GumbelQuantizer":
+    def from_config(cls, cfg) -> "DVAEQuantizer":
         return cls(cfg.codebook_size, cfg.codebook_dim)
 
     @staticmethod
@@ -50,3 +46,8 @@ class GumbelQuantizer(Quantizer):
             z_q, indices = gumbel_codes(log_q, self.codebook, tau, self.training, codes)
         zero = torch.zeros((), device=z_e.device)
         return QuantizerOutput(z_q=z_q, indices=indices, kl=kl, aux_loss=zero)
+
+    def hard_codes(self, z_e: torch.Tensor, codes: str = "argmax",
+                   with_uncertainty: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            return pick_codes(torch.log_softmax(self.code_logits(z_e.float()), dim=1), codes), None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .dvae import GumbelQuantizer
+from .dvae import DVAEQuantizer
 
 
 def neg_squared_distances(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ def neg_squared_distances(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Te
     return -(z_sq - 2 * cross + m_sq)
 
 
-class GumbelVQQuantizer(GumbelQuantizer):
+class GSVQVAEQuantizer(DVAEQuantizer):
     name = "gs_vqvae"
 
     @staticmethod

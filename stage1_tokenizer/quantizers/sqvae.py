@@ -31,27 +31,28 @@ instead draws z = z_hat + s * eps in training (the paper's Gaussian encoder, sam
 Decoder variance: SQ-VAE's Gaussian decoder p(x | z_q) = N(x_hat, sigma^2 I) has its variance set to
 its maximum-likelihood value, the current MSE (the release's default, "ARELBO"), which turns the
 reconstruction term into (D/2) log MSE for D = C*H*W values per image. Its gradient is
-D / (2 MSE) * [grad MSE + (2 MSE / D) grad latent_nats], so the model keeps its plain MSE loss and adds
+D / (2 MSE) * [grad MSE + (2 MSE / D) grad latent_nats], so the objective keeps its plain MSE loss and adds
 
-    aux_loss += (2 * sg(MSE) / D) * latent_nats                (EdVAE.forward; sg = stop-gradient)
+    aux += (2 * sg(MSE) / D) * latent_nats                    (loss.stage1_loss; sg = stop-gradient)
 
 which has exactly the release's gradient direction at every step (only the positive factor D / (2 MSE)
-differs, which Adam largely normalises away). So the SQ-VAE terms are in ``aux_loss``, weighted by the
-likelihood itself: there is no beta for SQ-VAE (``kl`` is 0, and the comparison gives it beta 0).
+differs, which Adam largely normalises away). So the SQ-VAE terms are in the objective's ``aux``, weighted
+by the likelihood itself: there is no beta for SQ-VAE (``kl`` is 0, and the comparison gives it beta 0).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, gumbel_codes
+from .base import Quantizer, QuantizerOutput, gumbel_codes, pick_codes
 from .gs_vqvae import neg_squared_distances
 
 
-class GaussianSQQuantizer(Quantizer):
+class SQVAEQuantizer(Quantizer):
     name = "sqvae"
 
     def __init__(self, codebook_size: int = 512, codebook_dim: int = 16, log_variance_init: float | None = None,
@@ -68,7 +69,7 @@ class GaussianSQQuantizer(Quantizer):
         self.log_variance = nn.Parameter(torch.tensor(float(log_variance_init)))  # theta: s^2 = s0 + exp(theta)
 
     @classmethod
-    def from_config(cls, cfg) -> "GaussianSQQuantizer":
+    def from_config(cls, cfg) -> "SQVAEQuantizer":
         return cls(cfg.codebook_size, cfg.codebook_dim)
 
     @staticmethod
@@ -80,9 +81,19 @@ class GaussianSQQuantizer(Quantizer):
         """s^2, the variance of the stochastic quantization (a scalar tensor, with gradient)."""
         return self.variance_offset + self.log_variance.float().exp()
 
-    def forward(self, z_e: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> QuantizerOutput:
+    def _check(self, z_e: torch.Tensor) -> None:
         if z_e.shape[1] != self.codebook.shape[1]:
             raise ValueError(f"expected {self.codebook.shape[1]}-dim vectors per position, got {tuple(z_e.shape)}")
+
+    def hard_codes(self, z_e: torch.Tensor, codes: str = "argmax",
+                   with_uncertainty: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self._check(z_e)
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            distances = neg_squared_distances(z_e.float(), self.codebook.float())
+            return pick_codes(torch.log_softmax(distances / (2.0 * self.variance), dim=1), codes), None
+
+    def forward(self, z_e: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> QuantizerOutput:
+        self._check(z_e)
         with torch.autocast(device_type=z_e.device.type, enabled=False):
             z = z_e.float()
             variance = self.variance

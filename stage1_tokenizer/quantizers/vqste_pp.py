@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -128,7 +129,7 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int = 
     return centroids
 
 
-class AffineVQQuantizer(Quantizer):
+class VQSTEPPQuantizer(Quantizer):
     name = "vqste_pp"
 
     def __init__(self, codebook_size: int = 512, codebook_dim: int = 16, variant: str = "vqtorch", *,
@@ -176,7 +177,7 @@ class AffineVQQuantizer(Quantizer):
         self.register_buffer("data_initialized", torch.zeros((), dtype=torch.bool))
 
     @classmethod
-    def from_config(cls, cfg) -> "AffineVQQuantizer":
+    def from_config(cls, cfg) -> "VQSTEPPQuantizer":
         return cls(cfg.codebook_size, cfg.codebook_dim, variant=cfg.vqste_pp_variant,
                    kmeans_init=cfg.vqste_pp_kmeans_init)
 
@@ -273,11 +274,21 @@ class AffineVQQuantizer(Quantizer):
         # c_k moves by -lr * step; b_k by that over the scale (a dimension with scale ~0 cannot move c: b stays)
         self.codebook.sub_((self.inner_lr * step * scale / (scale.pow(2) + 1e-12)).to(self.codebook.dtype))
 
-    def forward(self, z_e: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> QuantizerOutput:
+    def _check(self, z_e: torch.Tensor, codes: str) -> None:
         if codes != "argmax":
             raise ValueError(f"vqste_pp picks the nearest code; codes={codes!r} is not defined for it")
         if z_e.shape[1] != self.codebook.shape[1]:
             raise ValueError(f"expected {self.codebook.shape[1]}-dim vectors per position, got {tuple(z_e.shape)}")
+
+    @torch.no_grad()
+    def hard_codes(self, z_e: torch.Tensor, codes: str = "argmax",
+                   with_uncertainty: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self._check(z_e, codes)
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            return neg_squared_distances(z_e.float(), self.codes()).argmax(dim=1), None
+
+    def forward(self, z_e: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> QuantizerOutput:
+        self._check(z_e, codes)
         with torch.autocast(device_type=z_e.device.type, enabled=False):
             z = z_e.float()
             with torch.no_grad():

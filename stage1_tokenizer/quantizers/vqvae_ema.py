@@ -37,6 +37,7 @@ The hidden averages and the number of updates are buffers: checkpoints resume ex
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -48,7 +49,7 @@ from .gs_vqvae import neg_squared_distances
 EMA_VARIANTS = ("sonnet", "project-v1")
 
 
-class EMAVectorQuantizer(Quantizer):
+class VQVAEEMAQuantizer(Quantizer):
     name = "vqvae_ema"
 
     def __init__(self, codebook_size: int = 512, codebook_dim: int = 16, decay: float = 0.99,
@@ -72,7 +73,7 @@ class EMAVectorQuantizer(Quantizer):
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))   # updates taken (for debiasing)
 
     @classmethod
-    def from_config(cls, cfg) -> "EMAVectorQuantizer":
+    def from_config(cls, cfg) -> "VQVAEEMAQuantizer":
         return cls(cfg.codebook_size, cfg.codebook_dim, variant=cfg.vqvae_ema_variant)
 
     @staticmethod
@@ -109,11 +110,20 @@ class EMAVectorQuantizer(Quantizer):
         smoothed = (count + self.eps) / (n + self.codebook_size * self.eps) * n
         self.codebook.copy_(total_sum / smoothed.unsqueeze(1))
 
-    def forward(self, z_e: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> QuantizerOutput:
+    def _check(self, z_e: torch.Tensor, codes: str) -> None:
         if codes != "argmax":
             raise ValueError(f"vqvae_ema picks the nearest code; codes={codes!r} is not defined for it")
         if z_e.shape[1] != self.codebook.shape[1]:
             raise ValueError(f"expected {self.codebook.shape[1]}-dim vectors per position, got {tuple(z_e.shape)}")
+
+    def hard_codes(self, z_e: torch.Tensor, codes: str = "argmax",
+                   with_uncertainty: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self._check(z_e, codes)
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            return neg_squared_distances(z_e.float(), self.codebook).argmax(dim=1), None
+
+    def forward(self, z_e: torch.Tensor, tau: float = 1.0, codes: str = "argmax") -> QuantizerOutput:
+        self._check(z_e, codes)
         with torch.autocast(device_type=z_e.device.type, enabled=False):
             z_e = z_e.float()
             indices = neg_squared_distances(z_e, self.codebook).argmax(dim=1)      # nearest code
