@@ -54,8 +54,8 @@ class Reconstruction:
     reconstruction: torch.Tensor           # (3, H, W) in [0, 1]
     codes: torch.Tensor                    # (h, w) the token map
     uncertainty: Optional[torch.Tensor]    # (h, w) evidential uncertainty u = K/S, None without an EdVAE quantizer
-    mse: float                             # on [0, 1], as training and evaluation report it
-    psnr: float                            # dB, from that MSE
+    mse: float                             # on [0, 1], of the reconstruction clipped to [0, 1] (what is shown)
+    psnr: float                            # dB, from that MSE (evaluate's psnr is the same)
     distinct_codes: int                    # different codes in the token map
     mean_uncertainty: Optional[float]      # mean of u over the token map
     percentile: Optional[float] = None     # where that mean falls among the training images (0..100), with...
@@ -226,7 +226,7 @@ class Pipeline:
         give the same images. ``class_label`` (-1 / None: unconditional) and ``guidance`` (classifier-free
         guidance scale) apply to class-conditional priors; ``progress(done, total)`` reports tokens.
         """
-        from stage2_prior.sampling import decode_codes, generate_codes
+        from stage2_prior.generation import decode_codes, generate_codes
 
         if not isinstance(num, int) or num < 1:
             raise ValueError(f"num must be a positive integer, got {num!r}")
@@ -238,11 +238,11 @@ class Pipeline:
     @torch.no_grad()
     def reconstruct(self, image: Any) -> Reconstruction:
         """What the tokenizer does to ``image``: reconstruction, token map, uncertainty map and their numbers."""
-        from stage1_tokenizer import percentile_of, psnr_from_mse
+        from stage1_tokenizer import per_image_mse, percentile_of, psnr_from_mse
 
         x = self.prepare(image)
         out = self.tokenizer.analyze(x[None].to(self.device))
-        mse = float(out.mse[0])
+        mse = float(per_image_mse(out.reconstruction, x[None])[0])  # of the picture shown: clipped to [0, 1]
         unc = None if out.uncertainty is None else out.uncertainty[0].cpu()
         mean_u = None if unc is None else float(unc.double().mean())
         percentile = statement = None
@@ -260,7 +260,7 @@ class Pipeline:
                  class_label: int | None = None, guidance: float | None = None, batch_size: int = 16,
                  progress: Callable[[int, int], None] | None = None) -> Completion:
         """Keep the top ``keep_rows`` token rows of ``image`` (default: half) and sample the rest ``num`` times."""
-        from stage2_prior.sampling import complete_image
+        from stage2_prior.generation import complete_image
 
         h = self.grid[0]
         keep_rows = h // 2 if keep_rows is None else keep_rows

@@ -239,7 +239,7 @@ def _complete(args: argparse.Namespace, pipe: Any, sampling: dict, out: Path, de
 # ---------------------------------------------------------------------------- sampling, streamed
 def sample_shard(pipe: Any, count: int, seed: int, record: dict, progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """One shard: codes sampled with the shard's seed, decoded batch by batch straight to uint8."""
-    from stage2_prior.sampling import decode_codes, generate_codes
+    from stage2_prior.generation import decode_codes, generate_codes
 
     codes = generate_codes(pipe.prior, pipe.spec, count, temperature=record["temperature"], top_k=record["top_k"],
                            top_p=record["top_p"], seed=seed, batch_size=record["batch_size"],
@@ -293,7 +293,7 @@ def _first_rows(out: Path, names: list[str], n: int) -> Iterator[np.ndarray]:
 def _sample(args: argparse.Namespace, pipe: Any, settings: dict, out: Path, accelerator: Any, device: str) -> None:
     from tqdm.auto import tqdm
 
-    from stage2_prior.sampling import check_request
+    from stage2_prior.generation import check_request
 
     if args.shard_size <= 0 or args.grid < 0:
         raise ValueError(f"--shard-size must be positive and --grid >= 0, got {args.shard_size} and {args.grid}")

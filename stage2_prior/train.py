@@ -35,7 +35,8 @@ from edvae_common.runs import export_atomically, save_checkpoint
 from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run
 from stage2_prior.config import Stage2Config
 from stage2_prior.model import PriorSpec, build_prior
-from stage2_prior.schedule import EMA, prior_lr
+from stage2_prior.ema import EMA
+from stage2_prior.schedule import prior_lr
 from stage2_prior.tokens import Manifest, TokenDataset
 
 logger = logging.getLogger("stage2.train")

@@ -19,7 +19,7 @@ from stage2_prior import inputs
 from stage2_prior import sample as sample_cli
 from stage2_prior.inputs import ImageInputError, prepare_image, read_image
 from stage2_prior.pipeline import DEFAULT_SAMPLING, Pipeline, read_sampling_defaults
-from stage2_prior.sampling import generate_codes
+from stage2_prior.generation import generate_codes
 from tests.pipeline_helpers import (SHIPPED_PRIOR, SHIPPED_TOKENIZER, face_like, make_pair, shipped_pair_present,
                                     write_png)
 

@@ -19,7 +19,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from stage2_prior import train as prior_train
 from stage2_prior.config import PriorModelConfig
 from stage2_prior.model import PriorSpec, build_prior, load_prior
-from stage2_prior.sampling import generate_codes
+from stage2_prior.generation import generate_codes
 from stage2_prior.tokens import TokenizerFingerprint
 from tests.stage2_helpers import STAGE2_QUIET, make_token_set
 

@@ -15,7 +15,7 @@ from edvae_common.hub import CheckpointError
 from stage2_prior import sample as sample_cli
 from stage2_prior import train as prior_train
 from stage2_prior.model import load_prior
-from stage2_prior.sampling import complete_codes, complete_image, generate_codes
+from stage2_prior.generation import complete_codes, complete_image, generate_codes
 from stage2_prior.tokens import Manifest, TokenizerFingerprint, TokenizerMismatchError
 from tests.stage2_helpers import STAGE2_QUIET, make_image_npz, make_token_set, make_tokenizer
 
