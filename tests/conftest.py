@@ -42,6 +42,21 @@ def synthetic_npz(tmp_path: Path) -> Path:
     return path
 
 
+def write_celeba_folder(folder: Path, n_train: int, n_valid: int, n_test: int, step: int) -> Path:
+    """A CelebA layout in ``folder``: ``img_align_celeba/`` with flat 218 x 178 images (image i has value
+    i * step) and ``list_eval_partition.txt`` giving ids in order to train (0), valid (1) and test (2)."""
+    from PIL import Image
+
+    (folder / "img_align_celeba").mkdir(parents=True)
+    lines = []
+    for i in range(1, n_train + n_valid + n_test + 1):
+        name = f"{i:06d}.jpg"
+        Image.fromarray(np.full((218, 178, 3), i * step, np.uint8)).save(folder / "img_align_celeba" / name)
+        lines.append(f"{name} {0 if i <= n_train else (1 if i <= n_train + n_valid else 2)}")
+    (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 def train_args(output_dir: Path, data_path: Path, *overrides: str) -> list[str]:
     """Arguments for stage1_tokenizer.train.main: the tiny config, quiet, on ``data_path``."""
     return ["--config", str(TINY_CONFIG), f"output_dir={output_dir}", f"data.path={data_path}", *QUIET, *overrides]

@@ -16,6 +16,25 @@ from stage2_prior.tokens import Manifest, SplitInfo, TokenizerFingerprint, save_
 STAGE2_QUIET = ["train.tracker=none", "train.progress_bar=false"]
 
 
+class StandInExtractor(torch.nn.Module):
+    """A small fixed random conv net standing in for the FID Inception: ``features`` numbers per
+    (B, 3, 299, 299) input in [-1, 1]; the same weights every time (seed 0)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, features, 9, stride=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3)) * 10
+
+
+def save_standin_extractor(path: Path, features: int) -> Path:
+    """Save a ``StandInExtractor`` as TorchScript at ``path`` (what ``stage2_prior.fid --weights`` loads)."""
+    torch.jit.script(StandInExtractor(features).eval()).save(str(path))
+    return path
+
+
 def make_tokenizer(folder: Path, data_path: Path, seed: int = 0, codebook_size: int = 32) -> EdVAE:
     """An untrained small tokenizer (16x16 images -> 8x8 codes) exported like stage1 train.py does."""
     torch.manual_seed(seed)

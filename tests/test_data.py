@@ -7,6 +7,7 @@ from PIL import Image
 
 from stage1_tokenizer.config import DataConfig
 from stage1_tokenizer.data import DataNotFoundError, Preprocess, build_dataset, held_out_split
+from tests.conftest import write_celeba_folder
 
 
 def test_held_out_split_is_fixed_and_disjoint():
@@ -70,14 +71,7 @@ def test_lsun_preprocessing_squeezes_to_128_without_cropping():
 
 
 def test_celeba_official_partition_from_the_aligned_images(tmp_path):
-    folder = tmp_path / "celeba_root" / "celeba"
-    (folder / "img_align_celeba").mkdir(parents=True)
-    lines = []
-    for i in range(1, 7):
-        name = f"{i:06d}.jpg"
-        Image.fromarray(np.full((218, 178, 3), i * 30, np.uint8)).save(folder / "img_align_celeba" / name)
-        lines.append(f"{name} {0 if i <= 3 else (1 if i == 4 else 2)}")
-    (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    write_celeba_folder(tmp_path / "celeba_root" / "celeba", n_train=3, n_valid=1, n_test=2, step=30)
     cfg = DataConfig(dataset="celeba", path=str(tmp_path / "celeba_root"), image_size=64)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     assert len(train) == 3 and len(test) == 2  # 'valid' (000004) is in neither

@@ -11,26 +11,12 @@ import torch
 from torch import nn
 
 from stage2_prior import fid
-from tests.stage2_helpers import make_image_npz, make_tokenizer
-
-
-class StandIn(nn.Module):
-    """A small fixed random conv net: 16 features of a (B, 3, 299, 299) input in [-1, 1]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 16, 9, stride=8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x)).mean(dim=(2, 3)) * 10
+from tests.stage2_helpers import make_image_npz, make_tokenizer, save_standin_extractor
 
 
 @pytest.fixture
 def standin(tmp_path: Path) -> Path:
-    path = tmp_path / "standin.pt"
-    torch.jit.script(StandIn().eval()).save(str(path))
-    return path
+    return save_standin_extractor(tmp_path / "standin.pt", features=16)
 
 
 def images(n: int, seed: int, shift: int = 0) -> np.ndarray:

@@ -10,26 +10,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from stage2_prior import fid
-
-
-class StandIn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 9, stride=8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x)).mean(dim=(2, 3)) * 10
+from tests.conftest import write_celeba_folder
+from tests.stage2_helpers import save_standin_extractor
 
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("weights") / "standin.pt"
-    torch.jit.script(StandIn().eval()).save(str(path))
-    return str(path)
+    return str(save_standin_extractor(tmp_path_factory.mktemp("weights") / "standin.pt", features=8))
 
 
 def pictures(n: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -64,14 +53,7 @@ def test_a_folder_uses_its_own_test_subfolder_and_a_flat_folder_a_seeded_split(s
 
 
 def test_celeba_source_is_the_official_test_partition_cropped_and_resized(standin: str, tmp_path: Path) -> None:
-    folder = tmp_path / "celeba"
-    (folder / "img_align_celeba").mkdir(parents=True)
-    lines = []
-    for i in range(1, 9):
-        name = f"{i:06d}.jpg"
-        Image.fromarray(np.full((218, 178, 3), i * 25, np.uint8)).save(folder / "img_align_celeba" / name)
-        lines.append(f"{name} {0 if i <= 4 else (1 if i == 5 else 2)}")
-    (folder / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    write_celeba_folder(tmp_path / "celeba", n_train=4, n_valid=1, n_test=3, step=25)
     src = fid.open_source(f"celeba:{tmp_path}", "test")
     assert len(src) == 3 and src.description["image_shape"] == [64, 64, 3]
     assert "official test partition" in src.description["split_rule"]

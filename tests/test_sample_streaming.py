@@ -83,10 +83,9 @@ def test_stream_writes_shards_pngs_npz_and_a_manifest(pair, reference: Path) -> 
 
 
 def test_fid_reads_the_streamed_folder_and_its_npz(reference: Path, tmp_path: Path) -> None:
-    from tests.test_fid import StandIn
+    from tests.stage2_helpers import save_standin_extractor
 
-    weights = tmp_path / "standin.pt"
-    torch.jit.script(StandIn().eval()).save(str(weights))
+    weights = save_standin_extractor(tmp_path / "standin.pt", features=16)
     images, _ = load_npz(reference)
     np.savez(tmp_path / "real.npz", images=np.flip(images, axis=1).copy())
     common = ["--real", str(tmp_path / "real.npz"), "--weights", str(weights), "--cache-dir", ""]

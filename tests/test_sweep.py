@@ -10,7 +10,7 @@ import torch
 
 from stage2_prior import sweep
 from stage2_prior.pipeline import Pipeline
-from tests.test_fid import StandIn
+from tests.stage2_helpers import save_standin_extractor
 
 
 def make_contrasty_pair(root: Path, image_size: int = 16) -> tuple[Path, Path]:
@@ -39,8 +39,7 @@ def test_sweep_measures_each_setting_and_writes_the_best_as_sampling_json(tmp_pa
     tok, prior = make_contrasty_pair(tmp_path / "pair")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "real.npz", images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
-    weights = tmp_path / "standin.pt"
-    torch.jit.script(StandIn().eval()).save(str(weights))
+    weights = save_standin_extractor(tmp_path / "standin.pt", features=16)
     result = sweep.main(["--tokenizer", str(tok), "--prior", str(prior), "--real", str(tmp_path / "real.npz"),
                          "--real-split", "all", "--num", "6", "--temperature", "1.0", "0.5", "--top-k", "0", "4",
                          "--weights", str(weights), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
