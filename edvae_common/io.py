@@ -1,7 +1,8 @@
-"""File and image I/O shared by both stages: atomic writes, JSON, image grids."""
+"""File and image I/O shared by both stages: atomic writes, JSON, image grids, weight hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -99,3 +100,14 @@ def load_image(path: str | Path) -> torch.Tensor:
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read '{path}' as an image ({err}); expected a PNG/JPEG/... file") from err
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights (names, shapes, float32 values, in name order): the same weights give
+    the same hash whatever their dtype or device. Ties a prior to its tokenizer and a sampling run to its prior."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ reported on that scale equals the MSE on [0, 1].
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from edvae_common.config import load_config
 from edvae_common.hub import CheckpointError, read_typed_config, resolve_pretrained
+from edvae_common.io import weights_sha256
 
 from .config import ModelConfig, Stage1Config
 from .decoder import Decoder
@@ -151,12 +151,7 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
 
     def weights_hash(self) -> str:
         """SHA-256 of the weights (names, shapes, values), to tie a stage-2 prior to this tokenizer."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return weights_sha256(self)
 
     # ------------------------------------------------------------------ validation
     def _check_images(self, images: Any, check_values: bool = True) -> None:

@@ -35,7 +35,6 @@ are written in one go (grid.png, images/, samples.npz, samples.json, input.png).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import logging
 import math
@@ -50,7 +49,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from edvae_common.io import atomic_write_bytes, read_json, save_image_grid, to_uint8, write_json
+from edvae_common.io import atomic_write_bytes, read_json, save_image_grid, to_uint8, weights_sha256, write_json
 from stage2_prior.inputs import KINDS
 
 logger = logging.getLogger("stage2.sample")
@@ -175,16 +174,6 @@ def write_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], np.
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def weights_sha256(model: Any) -> str:
-    """SHA-256 of a model's weights (names, shapes, values): what a resume checks the prior by."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def check_run_record(out: Path, record: dict, seed_given: bool) -> None:
