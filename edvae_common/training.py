@@ -4,6 +4,7 @@ batches, and opening a run folder (fresh, or resumed with its settings checked).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -14,6 +15,18 @@ from .config import ConfigError, flat_hparams, load_config, save_yaml
 from .runs import MetricsLog, checkpoint_to_resume
 
 logger = logging.getLogger("edvae.training")
+
+
+def warmup_cosine_lr(step: int, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then cosine to ``lr * min_lr_ratio`` at ``max_steps``.
+
+    A pure function of the step, so resumed runs match. The stage-2 prior and the stage-1 decoder
+    fine-tuning use it (stage-1 training follows the paper's own schedules, stage1_tokenizer/schedules.py).
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class TrainState:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -37,7 +36,8 @@ from edvae_common.accel import make_training_accelerator
 from edvae_common.config import ConfigError, load_config
 from edvae_common.io import read_json, save_image_grid, side_by_side, write_json
 from edvae_common.runs import MetricsLog, checkpoint_to_resume, export_atomically, save_checkpoint
-from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size
+from edvae_common.training import (EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size,
+                                   warmup_cosine_lr)
 
 from .config import Stage1Config
 from .data import build_dataset
@@ -72,14 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {args.lr}")
     return args
-
-
-def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine from ``peak`` down to ``peak / 100`` at ``total``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -127,20 +119,19 @@ def main(argv: list[str] | None = None) -> Path:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         log.truncate_after(state.step)
-        if state.step == 0:  # the starting point, measured exactly like every later evaluation
-            start = evaluate_tokenizer(model, test_loaders[1], accelerator).metrics
-            log.write({"split": "test", "step": 0, **start})
+    if state.step == 0:  # the starting point, measured exactly like every later evaluation (all processes)
+        start = evaluate_tokenizer(model, test_loaders[1], accelerator).metrics
+        log.write({"split": "test", "step": 0, **start})
+        if accelerator.is_main_process:
             logger.info("start: held-out psnr %.2f dB with argmax codes, %d codes used", start["psnr"],
                         start["codes_used"])
-    elif state.step == 0:
-        evaluate_tokenizer(model, test_loaders[1], accelerator)  # every process joins the gathers
     decoder.train()
 
     # 4. The loop: argmax codes of the frozen encoder -> codebook -> decoder, MSE on the [0, 1] scale.
     batches = infinite_batches(train_loader, sampler, state.step)
     tic, seen = time.perf_counter(), 0
     while state.step < args.steps:
-        lr = learning_rate(state.step, args.lr, args.warmup, args.steps)
+        lr = warmup_cosine_lr(state.step, args.lr, args.warmup, args.steps, min_lr_ratio=0.01)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = next(batches)
@@ -168,9 +159,8 @@ def main(argv: list[str] | None = None) -> Path:
             tic, seen = time.perf_counter(), 0
         if state.step % args.eval_every == 0 or state.step == args.steps:
             final = state.step == args.steps
-            decoder.eval()
             result = evaluate_tokenizer(model, test_loaders[0] if final else test_loaders[1], accelerator)
-            decoder.train()
+            decoder.train()  # evaluate_tokenizer leaves the whole (frozen, eval-mode) model in eval mode
             log.write({"split": "test", "step": state.step, **result.metrics})
             if accelerator.is_main_process:
                 logger.info("step %d: held-out psnr %.2f dB, mse %.5f (%d images)", state.step,

@@ -32,11 +32,11 @@ from edvae_common.accel import make_training_accelerator
 from edvae_common.config import ConfigError, flat_hparams, load_config
 from edvae_common.io import read_json, save_image_grid, write_json
 from edvae_common.runs import export_atomically, save_checkpoint
-from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run
+from edvae_common.training import (EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run,
+                                   warmup_cosine_lr)
 from stage2_prior.config import Stage2Config
 from stage2_prior.model import PriorSpec, build_prior
 from stage2_prior.ema import EMA
-from stage2_prior.schedule import prior_lr
 from stage2_prior.tokens import Manifest, TokenDataset
 
 logger = logging.getLogger("stage2.train")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 5. The training loop: one iteration = one optimizer step over batch_size sequences.
     while state.step < t.max_steps:
-        lr = prior_lr(state.step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        lr = warmup_cosine_lr(state.step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=accelerator.device)
