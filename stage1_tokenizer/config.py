@@ -26,6 +26,10 @@ class ModelConfig:
     architecture: str = "edvae"
     image_channels: int = 3
     channels: int = 128               # n in Appendix D.2
+    # decoder width when it differs from the encoder's (None: channels, the paper's). Tokens are made by the
+    # encoder and codebook only, so a wider decoder (stage1_tokenizer.finetune_decoder --decoder-channels) buys
+    # sharper reconstructions without changing any token.
+    decoder_channels: Optional[int] = None
     channel_mults: List[int] = field(default_factory=lambda: [1, 2, 4])  # one group per entry
     blocks_per_group: int = 2
     first_kernel: int = 3             # kw: 3 (CIFAR10, CelebA) or 7 (LSUN Church)
@@ -52,10 +56,15 @@ class ModelConfig:
               f"the vqvae architecture needs a multiple of 8, got {self.channels}")
         check(self.image_channels > 0, "model.image_channels", f"must be positive, got {self.image_channels}")
         check(self.channels > 0, "model.channels", f"must be positive, got {self.channels}")
+        check(self.decoder_channels is None or self.architecture == "edvae", "model.decoder_channels",
+              "is for the edvae architecture only (the vqvae networks share one width)")
+        check(self.decoder_channels is None or self.decoder_channels > 0, "model.decoder_channels",
+              f"must be positive (or null for model.channels), got {self.decoder_channels}")
         check(len(self.channel_mults) >= 1, "model.channel_mults", "needs at least one group")
-        for m in self.channel_mults:
-            check(m > 0 and (self.channels * m) % 4 == 0, "model.channel_mults",
-                  f"channels*mult must be a positive multiple of 4 (blocks use width/4 hidden units); got {self.channels}*{m}")
+        for width in {self.channels, self.decoder_width}:
+            for m in self.channel_mults:
+                check(m > 0 and (width * m) % 4 == 0, "model.channel_mults",
+                      f"channels*mult must be a positive multiple of 4 (blocks use width/4 hidden units); got {width}*{m}")
         check(self.blocks_per_group > 0, "model.blocks_per_group", f"must be positive, got {self.blocks_per_group}")
         check(self.first_kernel > 0 and self.first_kernel % 2 == 1, "model.first_kernel",
               f"must be a positive odd number, got {self.first_kernel}")
@@ -70,6 +79,11 @@ class ModelConfig:
         check(self.vqste_pp_variant in VQSTE_PP_VARIANTS, "model.vqste_pp_variant",
               f"must be 'vqtorch' (the authors' library, the default) or 'project-v1' (this project's first "
               f"version), got '{self.vqste_pp_variant}'")
+
+    @property
+    def decoder_width(self) -> int:
+        """The decoder's n: ``decoder_channels`` if set, else ``channels``."""
+        return self.channels if self.decoder_channels is None else self.decoder_channels
 
     @property
     def downsample(self) -> int:

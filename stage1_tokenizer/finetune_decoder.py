@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps, then cosine to lr/100 (default 50)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster with bf16)")
+    p.add_argument("--decoder-channels", type=int, default=None,
+                   help="train a fresh decoder of this width n (model.decoder_channels) instead of fine-tuning the "
+                        "tokenizer's own; the tokens stay those of the input tokenizer (default: keep its decoder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=250, help="evaluate on the held-out split every N steps")
@@ -69,9 +73,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
         if getattr(args, key) <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.decoder_channels is not None and (args.decoder_channels < 4 or args.decoder_channels % 4):
+        raise ConfigError(f"--decoder-channels must be a positive multiple of 4, got {args.decoder_channels}")
     if args.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {args.lr}")
     return args
+
+
+def with_decoder_width(model: EdVAE, width: int | None) -> EdVAE:
+    """``model`` itself, or a copy whose decoder is a fresh one of width ``width`` (encoder and codebook copied)."""
+    if width is None or width == model.config.decoder_width:
+        return model
+    if model.config.architecture != "edvae":
+        raise ConfigError("--decoder-channels needs a tokenizer of the edvae architecture")
+    wider = EdVAE.from_config(replace(model.config, decoder_channels=width))
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+    missing, unexpected = wider.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith("decoder.") for k in missing), (missing, unexpected)
+    return wider.eval()
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -87,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 1. Accelerator and model: encoder and codebook frozen, only the decoder is trained.
     accelerator = make_training_accelerator(out, args.mixed_precision, 1, "none", args.seed)
-    model = EdVAE.from_pretrained(str(source)).to(accelerator.device)
+    model = with_decoder_width(EdVAE.from_pretrained(str(source)), args.decoder_channels).to(accelerator.device)
     model.requires_grad_(False)
     model.eval()  # the frozen part quantizes as at inference: argmax of the logits
     decoder = model.decoder
@@ -176,6 +195,7 @@ def main(argv: list[str] | None = None) -> Path:
         write_json(folder / TRAINING_DATA_FILE, read_json(source / TRAINING_DATA_FILE))
         write_json(folder / RECORD_FILE, {"source": str(args.tokenizer), "steps": args.steps,
                                           "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+                                          "decoder_channels": model.config.decoder_width,
                                           "mixed_precision": args.mixed_precision, "seed": args.seed,
                                           "trained": "decoder only, on argmax codes; encoder and codebook frozen"})
 

@@ -72,10 +72,11 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
                  channels: int = 128, channel_mults: list[int] | tuple[int, ...] = (1, 2, 4), blocks_per_group: int = 2,
                  first_kernel: int = 3, codebook_size: int = 512, codebook_dim: int = 16, clamp_max: float = 20.0,
                  conv_bias_init: str = "default", vqvae_ema_variant: str = "sonnet", vqste_pp_variant: str = "vqtorch",
-                 vqste_pp_kmeans_init: bool = False):
+                 vqste_pp_kmeans_init: bool = False, decoder_channels: int | None = None):
         super().__init__()
         self.config = ModelConfig(quantizer=quantizer, architecture=architecture, image_channels=image_channels,
-                                  channels=channels, channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
+                                  channels=channels, decoder_channels=decoder_channels,
+                                  channel_mults=list(channel_mults), blocks_per_group=blocks_per_group,
                                   first_kernel=first_kernel, codebook_size=codebook_size,
                                   codebook_dim=codebook_dim, clamp_max=clamp_max, conv_bias_init=conv_bias_init,
                                   vqvae_ema_variant=vqvae_ema_variant, vqste_pp_variant=vqste_pp_variant,
@@ -94,7 +95,7 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         if cfg.architecture == "vqvae":
             self.decoder = VQVAEDecoder(cfg.codebook_dim, cfg.channels, cfg.image_channels)
         else:
-            self.decoder = Decoder(cfg.codebook_dim, cfg.channels, cfg.channel_mults, cfg.blocks_per_group,
+            self.decoder = Decoder(cfg.codebook_dim, cfg.decoder_width, cfg.channel_mults, cfg.blocks_per_group,
                                    cfg.image_channels, zero_bias=zero_bias)
         # What save_pretrained() writes to config.json: the model fields plus a kind marker.
         self._hub_mixin_config = {"model_type": MODEL_TYPE, **asdict(cfg)}
