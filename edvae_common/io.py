@@ -102,11 +102,14 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
 
 
-def weights_sha256(module: torch.nn.Module) -> str:
+def weights_sha256(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
     """SHA-256 of a module's weights (names, shapes, float32 values, in name order): the same weights give
-    the same hash whatever their dtype or device. Ties a prior to its tokenizer and a sampling run to its prior."""
+    the same hash whatever their dtype or device. Ties a prior to its tokenizer and a sampling run to its prior.
+    Weights whose names start with one of ``skip`` are left out."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        if name.startswith(skip):
+            continue
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())

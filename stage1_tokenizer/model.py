@@ -154,6 +154,14 @@ class EdVAE(nn.Module, PyTorchModelHubMixin, library_name="edvae", tags=["image-
         """SHA-256 of the weights (names, shapes, values), to tie a stage-2 prior to this tokenizer."""
         return weights_sha256(self)
 
+    def tokens_hash(self) -> str:
+        """SHA-256 of the weights that decide the tokens (encoder and codebook, not the decoder).
+
+        A prior depends on the tokens only, so it stays valid when the decoder is replaced
+        (``stage1_tokenizer.finetune_decoder``): stage 2 ties a prior to this hash.
+        """
+        return weights_sha256(self, skip=("decoder.",))
+
     # ------------------------------------------------------------------ validation
     def _check_images(self, images: Any, check_values: bool = True) -> None:
         """Check type, shape and size; with ``check_values`` also NaNs and the [0, 1] range (one pass, one sync)."""

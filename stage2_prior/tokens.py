@@ -44,27 +44,37 @@ class TokenizerFingerprint:
     codebook_size: int
     grid: list[int]                 # [h, w]
     image_size: int
-    weights_hash: str
+    weights_hash: str               # all weights (what decoded images depend on)
     path: str = ""                  # where it was loaded from (informational)
+    # the encoder and codebook only (what the tokens depend on): what a prior or a token set is checked against,
+    # so a fine-tuned decoder keeps its prior; "" in records written before it existed (then weights_hash is)
+    tokens_hash: str = ""
 
     @classmethod
     def of(cls, tokenizer: Any, image_size: int, path: str | Path = "") -> "TokenizerFingerprint":
         return cls(codebook_size=int(tokenizer.codebook_size), grid=list(tokenizer.grid_shape(image_size)),
-                   image_size=int(image_size), weights_hash=tokenizer.weights_hash(), path=str(path))
+                   image_size=int(image_size), weights_hash=tokenizer.weights_hash(), path=str(path),
+                   tokens_hash=tokenizer.tokens_hash())
 
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerFingerprint":
-        return cls(**{k: d[k] for k in ("codebook_size", "grid", "image_size", "weights_hash")}, path=d.get("path", ""))
+        return cls(**{k: d[k] for k in ("codebook_size", "grid", "image_size", "weights_hash")}, path=d.get("path", ""),
+                   tokens_hash=d.get("tokens_hash", ""))
 
     @property
     def seq_len(self) -> int:
         return int(self.grid[0] * self.grid[1])
 
     def check(self, tokenizer: Any, what: str) -> None:
-        """Raise TokenizerMismatchError naming every field where ``tokenizer`` differs from this fingerprint."""
+        """Raise TokenizerMismatchError naming every field where ``tokenizer`` differs from this fingerprint.
+
+        The weights are compared by ``tokens_hash`` (encoder and codebook): a tokenizer whose decoder
+        was fine-tuned or replaced makes the same tokens and passes. Records without it compare all weights.
+        """
         other = TokenizerFingerprint.of(tokenizer, self.image_size)
+        weights = "tokens_hash" if self.tokens_hash else "weights_hash"
         diffs = [f"{name}: {getattr(self, name)} (expected) vs {getattr(other, name)} (given)"
-                 for name in ("codebook_size", "grid", "weights_hash") if getattr(self, name) != getattr(other, name)]
+                 for name in ("codebook_size", "grid", weights) if getattr(self, name) != getattr(other, name)]
         if diffs:
             raise TokenizerMismatchError(
                 f"{what} was made with another tokenizer ({self.path or 'path unknown'}): " + "; ".join(diffs)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from stage1_tokenizer import finetune_decoder
 from stage1_tokenizer import train as train_script
 from stage1_tokenizer.config import DataConfig
 from stage1_tokenizer.data import build_dataset
-from tests.conftest import train_args
+from tests.conftest import ROOT, train_args
 
 
 @pytest.fixture
@@ -77,3 +80,77 @@ def test_bad_input_says_what_to_do(tmp_path):
         finetune_decoder.main(["--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(ConfigError, match="--steps must be positive"):
         finetune_decoder.main(["--tokenizer", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "0"])
+
+
+def test_a_wider_decoder_is_trained_fresh_behind_the_same_tokens(trained, synthetic_npz, tmp_path):
+    out = tmp_path / "wide"
+    export = finetune_decoder.main(["--tokenizer", str(trained), "--out", str(out), "--steps", "4",
+                                    "--batch-size", "16", "--decoder-channels", "24", "--eval-every", "4"])
+    before, after = EdVAE.from_pretrained(trained / "tokenizer"), EdVAE.from_pretrained(export)
+    assert before.config.decoder_width == 16 and before.config.decoder_channels is None
+    assert after.config.decoder_channels == 24 and after.config.channels == 16  # only the decoder widened
+    b, a = before.state_dict(), after.state_dict()
+    for name in b:
+        if not name.startswith("decoder."):
+            assert torch.equal(b[name], a[name]), name
+    assert a["decoder.blocks.output.conv.weight"].shape == (3, 24, 1, 1)
+    images = torch.stack(list(build_dataset(DataConfig(dataset="auto", path=str(synthetic_npz)), "test")))
+    assert torch.equal(before.eval().encode(images), after.eval().encode(images))
+    assert after.reconstruct(images).shape == images.shape
+    assert json.loads((export / finetune_decoder.RECORD_FILE).read_text())["decoder_channels"] == 24
+
+
+def test_adversarial_fine_tuning_trains_a_discriminator_and_resumes_exactly(trained, synthetic_npz, tmp_path):
+    out = tmp_path / "gan"
+    args = ["--tokenizer", str(trained), "--out", str(out), "--steps", "6", "--batch-size", "16", "--warmup", "1",
+            "--adversarial-weight", "0.5", "--adversarial-start", "2", "--eval-every", "100", "--checkpoint-every", "3",
+            "--log-every", "1"]
+    straight = {k: v.clone() for k, v in EdVAE.from_pretrained(finetune_decoder.main(args)).state_dict().items()}
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    # the adversarial terms are logged from --adversarial-start on, not before
+    assert ["g_loss" in r for r in train] == [False, False, True, True, True, True]
+    assert all(r["adaptive_weight"] > 0 and r["d_loss"] >= 0 for r in train[2:])
+    record = json.loads((out / "tokenizer" / finetune_decoder.RECORD_FILE).read_text())
+    assert record["adversarial_weight"] == 0.5 and "adversarial" in record["trained"]
+    # the discriminator and its optimizer are part of the checkpoint: a resumed run ends where a straight one does
+    shutil.rmtree(out / "checkpoints" / "step_00000006")
+    shutil.rmtree(out / "tokenizer")
+    resumed = EdVAE.from_pretrained(finetune_decoder.main(args + ["--resume", "latest"])).state_dict()
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+    # the frozen parts did not move
+    before = EdVAE.from_pretrained(trained / "tokenizer").state_dict()
+    assert all(torch.equal(before[n], resumed[n]) for n in before if not n.startswith("decoder."))
+
+
+def test_adversarial_fine_tuning_differs_from_mse_only(trained, tmp_path):
+    common = ["--tokenizer", str(trained), "--steps", "4", "--batch-size", "16", "--warmup", "1", "--eval-every", "100"]
+    plain = EdVAE.from_pretrained(finetune_decoder.main(common + ["--out", str(tmp_path / "a")])).state_dict()
+    gan = EdVAE.from_pretrained(finetune_decoder.main(common + ["--out", str(tmp_path / "b"),
+                                                                "--adversarial-weight", "1.0"])).state_dict()
+    assert any(not torch.allclose(plain[n], gan[n]) for n in plain if n.startswith("decoder."))
+
+
+@pytest.mark.slow
+def test_two_process_adversarial_fine_tuning_through_accelerate(trained, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "stage1_tokenizer.finetune_decoder",
+           "--tokenizer", str(trained), "--out", str(out), "--steps", "3", "--batch-size", "16", "--warmup", "1",
+           "--adversarial-weight", "0.5", "--decoder-channels", "24", "--eval-every", "100", "--log-every", "1"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3] and all("d_loss" in r for r in train)
+    assert EdVAE.from_pretrained(out / "tokenizer").config.decoder_channels == 24
+
+
+def test_bad_options_say_what_is_wrong(tmp_path):
+    base = ["--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(ConfigError, match="--decoder-channels must be a positive multiple of 4"):
+        finetune_decoder.main(base + ["--decoder-channels", "6"])
+    with pytest.raises(ConfigError, match="--adversarial-weight"):
+        finetune_decoder.main(base + ["--adversarial-weight", "-1"])

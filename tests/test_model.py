@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from edvae_common import ConfigError
 from stage1_tokenizer import EdVAE
 
 
@@ -137,3 +138,21 @@ def test_encode_moves_images_to_the_model_device():
     model = EdVAE(channels=8)
     codes = model.encode(torch.rand(1, 3, 32, 32, dtype=torch.float64).float())
     assert codes.device == model.quantizer.codebook.device
+
+
+def test_decoder_channels_widens_only_the_decoder_and_round_trips(tmp_path):
+    model = EdVAE(channels=8, decoder_channels=16, blocks_per_group=1, codebook_size=32, codebook_dim=4)
+    narrow = EdVAE(channels=8, blocks_per_group=1, codebook_size=32, codebook_dim=4)
+    assert model.config.decoder_width == 16 and narrow.config.decoder_width == 8
+    for a, b in zip(model.encoder.parameters(), narrow.encoder.parameters()):
+        assert a.shape == b.shape
+    assert sum(p.numel() for p in model.decoder.parameters()) > 2 * sum(p.numel() for p in narrow.decoder.parameters())
+    model.save_pretrained(tmp_path / "m")
+    loaded = EdVAE.from_pretrained(tmp_path / "m")
+    assert loaded.config.decoder_channels == 16
+    images = torch.rand(2, 3, 16, 16)
+    assert torch.equal(loaded.reconstruct(images), model.eval().reconstruct(images))
+    with pytest.raises(ConfigError, match="model.decoder_channels.*edvae architecture only"):
+        EdVAE(architecture="vqvae", channels=8, decoder_channels=16)
+    with pytest.raises(ConfigError, match="model.channel_mults.*multiple of 4"):
+        EdVAE(channels=8, decoder_channels=6)

@@ -87,7 +87,7 @@ def test_run_folder_and_config_errors(world: dict, tmp_path: Path) -> None:
 
 def test_prior_refuses_another_tokenizer_and_wrong_folders(world: dict) -> None:
     other = make_tokenizer(world["root"] / "tok_other", world["data"], seed=5)
-    with pytest.raises(TokenizerMismatchError, match="weights_hash"):
+    with pytest.raises(TokenizerMismatchError, match="tokens_hash"):
         load_prior(world["run"] / "prior", tokenizer=other)
     with pytest.raises(CheckpointError, match="not an EdVAE prior"):
         load_prior(world["tok_dir"])

@@ -118,7 +118,7 @@ def test_fingerprint_check_names_what_differs(tokenizer_dir: Path, tmp_path: Pat
     manifest = Manifest.load(out)
     manifest.tokenizer.check(EdVAE.from_pretrained(tokenizer_dir), "tokens")  # the same tokenizer passes
     other = make_tokenizer(tmp_path / "tok2", tmp_path / "images.npz", seed=1)
-    with pytest.raises(TokenizerMismatchError, match="weights_hash"):
+    with pytest.raises(TokenizerMismatchError, match="tokens_hash"):
         manifest.tokenizer.check(other, "tokens")
     bigger = make_tokenizer(tmp_path / "tok3", tmp_path / "images.npz", codebook_size=64)
     with pytest.raises(TokenizerMismatchError, match="codebook_size: 32 .* 64"):
@@ -150,3 +150,28 @@ def test_two_process_extraction_equals_one(tokenizer_dir: Path, tmp_path: Path) 
         a, b = TokenDataset(one, split), TokenDataset(two, split)
         assert len(a) == len(b)
         assert all(torch.equal(a[i]["codes"], b[i]["codes"]) for i in range(len(a)))
+
+
+def test_a_new_decoder_keeps_the_fingerprint_other_encoders_do_not(tokenizer_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    fingerprint = Manifest.load(_extracted(tokenizer_dir, tmp_path)).tokenizer
+    assert fingerprint.tokens_hash  # new records carry the hash of the token-defining weights
+    tok = EdVAE.from_pretrained(tokenizer_dir)
+    with torch.no_grad():  # a fine-tuned decoder: other images, the same tokens
+        tok.decoder.blocks.output.conv.weight.add_(0.1)
+        assert tok.weights_hash() != fingerprint.weights_hash
+        fingerprint.check(tok, "tokens")
+        next(tok.encoder.parameters()).add_(0.1)  # another encoder: other tokens
+    with pytest.raises(TokenizerMismatchError, match="tokens_hash"):
+        fingerprint.check(tok, "tokens")
+    # a record from before tokens_hash existed compares all weights, so the decoder change is refused too
+    legacy = replace(fingerprint, tokens_hash="")
+    with pytest.raises(TokenizerMismatchError, match="weights_hash"):
+        legacy.check(tok, "tokens")
+
+
+def _extracted(tokenizer_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "tokens"
+    extract_tokens.main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--splits", "test"])
+    return out
