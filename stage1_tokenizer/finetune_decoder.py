@@ -58,6 +58,7 @@ from .train import random_hflip
 
 logger = logging.getLogger("stage1.finetune_decoder")
 RECORD_FILE = "decoder_finetune.json"
+SHAPE_FILE = "networks.json"  # in the run folder: the options that decide what the checkpoints hold
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,12 +161,20 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 3. Resume, or start a fresh run folder.
     checkpoint = checkpoint_to_resume(out, args.resume)
+    shape = {"decoder_channels": model.config.decoder_width, "adversarial": adversarial,
+             "disc_channels": args.disc_channels if adversarial else None}  # what the checkpoints hold
     if checkpoint is not None:
+        saved = read_json(out / SHAPE_FILE) if (out / SHAPE_FILE).is_file() else shape
+        if saved != shape:
+            changed = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in shape.items() if saved.get(k) != v)
+            raise ConfigError(f"cannot resume the run in '{out}' with other model options ({changed}): its checkpoints "
+                              "hold other networks. Pass the options it was started with, or use a new --out.")
         accelerator.load_state(str(checkpoint))
         logger.info("resumed from %s at step %d", checkpoint, state.step)
     log = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        write_json(out / SHAPE_FILE, shape)
         log.truncate_after(state.step)
     if state.step == 0:  # the starting point, measured exactly like every later evaluation (all processes)
         start = evaluate_tokenizer(model, test_loaders[1], accelerator).metrics

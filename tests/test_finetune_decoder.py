@@ -119,6 +119,9 @@ def test_adversarial_fine_tuning_trains_a_discriminator_and_resumes_exactly(trai
     resumed = EdVAE.from_pretrained(finetune_decoder.main(args + ["--resume", "latest"])).state_dict()
     for name in straight:
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+    # resuming with other networks is refused with what changed, before anything is loaded or written
+    with pytest.raises(ConfigError, match="cannot resume.*adversarial: True -> False"):
+        finetune_decoder.main([a for a in args if a not in ("--adversarial-weight", "0.5")] + ["--resume", "latest"])
     # the frozen parts did not move
     before = EdVAE.from_pretrained(trained / "tokenizer").state_dict()
     assert all(torch.equal(before[n], resumed[n]) for n in before if not n.startswith("decoder."))
