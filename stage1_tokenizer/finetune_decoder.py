@@ -102,11 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def with_decoder_width(model: EdVAE, width: int | None) -> EdVAE:
-    """``model`` itself, or a copy whose decoder is a fresh one of width ``width`` (encoder and codebook copied)."""
+    """``model`` itself, or a copy whose decoder is a fresh one of width ``width`` (encoder and codebook copied;
+    ModelConfig refuses a width for the vqvae architecture)."""
     if width is None or width == model.config.decoder_width:
         return model
-    if model.config.architecture != "edvae":
-        raise ConfigError("--decoder-channels needs a tokenizer of the edvae architecture")
     wider = EdVAE.from_config(replace(model.config, decoder_channels=width))
     kept = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
     missing, unexpected = wider.load_state_dict(kept, strict=False)

@@ -71,10 +71,11 @@ class TokenizerFingerprint:
         The weights are compared by ``tokens_hash`` (encoder and codebook): a tokenizer whose decoder
         was fine-tuned or replaced makes the same tokens and passes. Records without it compare all weights.
         """
-        other = TokenizerFingerprint.of(tokenizer, self.image_size)
         weights = "tokens_hash" if self.tokens_hash else "weights_hash"
-        diffs = [f"{name}: {getattr(self, name)} (expected) vs {getattr(other, name)} (given)"
-                 for name in ("codebook_size", "grid", weights) if getattr(self, name) != getattr(other, name)]
+        given = {"codebook_size": int(tokenizer.codebook_size), "grid": list(tokenizer.grid_shape(self.image_size)),
+                 weights: getattr(tokenizer, weights)()}  # only the hash compared is computed
+        diffs = [f"{name}: {getattr(self, name)} (expected) vs {value} (given)"
+                 for name, value in given.items() if getattr(self, name) != value]
         if diffs:
             raise TokenizerMismatchError(
                 f"{what} was made with another tokenizer ({self.path or 'path unknown'}): " + "; ".join(diffs)
