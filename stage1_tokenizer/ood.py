@@ -66,6 +66,26 @@ def _batches(images: torch.Tensor, size: int = 100) -> list[torch.Tensor]:
     return list(images.split(size))
 
 
+def reference_statement(n_in: int, sets: dict, useful: float = 0.6) -> str:
+    """The one-sentence reading of the AUROCs that the app shows beside an upload's percentile.
+
+    It says what was measured, and it says that a high percentile means "unlike the training images"
+    only where the mean uncertainty scored at least ``useful`` against some set; otherwise it says the
+    score does not separate them, so the app never claims a signal that was not measured.
+    """
+    unc = {name.replace("_", " "): v["auroc_mean_uncertainty"] for name, v in sets.items()}
+    mse = {name.replace("_", " "): v["auroc_reconstruction_mse"] for name, v in sets.items()}
+    measured = (f"Measured on {n_in} held-out images: mean uncertainty separates them from other images with AUROC "
+                + ", ".join(f"{n} {a:.2f}" for n, a in unc.items()) + " (0.5 = chance; reconstruction error as the "
+                "score: " + ", ".join(f"{n} {a:.2f}" for n, a in mse.items()) + "). ")
+    separated = [n for n, a in unc.items() if a >= useful]
+    if separated:
+        return measured + (f"A high percentile hints that an image is unlike the training images (as {', '.join(separated)} "
+                           "were); it is not a detector.")
+    return measured + (f"It scored below {useful} against every one of them, so a high or low percentile here says "
+                       "nothing about whether an image is like the training images.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="an EdVAE export folder with its training_data.json")
@@ -120,11 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. The reference the app reads: training-image percentiles and what the AUROCs say.
     if args.write_reference:
         quantiles = mean_uncertainty_quantiles(model, build_dataset(data, "train"))
-        parts = [f"{name.replace('_', ' ')} {v['auroc_mean_uncertainty']:.2f}" for name, v in result["sets"].items()]
-        statement = (f"Measured on {len(faces)} held-out faces: mean uncertainty separates them from other images "
-                     f"with AUROC {', '.join(parts)} (0.5 = chance; reconstruction error as the score: "
-                     + ", ".join(f"{n.replace('_', ' ')} {v['auroc_reconstruction_mse']:.2f}" for n, v in result["sets"].items())
-                     + "). A high percentile hints that an image is unlike the training faces; it is not a detector.")
+        statement = reference_statement(len(faces), result["sets"])
         path = write_uncertainty_reference(folder, quantiles, statement, measured_in=str(args.out),
                                            training_images=f"train split of {data.dataset}:{data.path}")
         logger.info("wrote %s", path)

@@ -56,3 +56,14 @@ def test_uncertainty_needs_the_evidential_quantizer(tmp_path: Path):
 
     with pytest.raises(ValueError, match="evidential"):
         ood.per_image_scores(EdVAE(quantizer="dvae", channels=8), [torch.rand(2, 3, 16, 16)])
+
+
+def test_reference_statement_claims_a_signal_only_where_one_was_measured():
+    def sets(*aurocs):
+        return {f"set_{i}": {"auroc_mean_uncertainty": a, "auroc_reconstruction_mse": 0.5} for i, a in enumerate(aurocs)}
+
+    useful = ood.reference_statement(100, sets(0.41, 0.74))
+    assert "AUROC set 0 0.41, set 1 0.74" in useful and "hints that an image is unlike" in useful
+    assert "as set 1 were" in useful and "set 0 were" not in useful          # names only the set it separated
+    useless = ood.reference_statement(100, sets(0.41, 0.48, 0.15))
+    assert "hints" not in useless and "says nothing" in useless
