@@ -113,14 +113,21 @@ def with_decoder_width(model: EdVAE, width: int | None) -> EdVAE:
     return wider.eval()
 
 
+def tokenizer_folder(path: Path) -> Path:
+    """The tokenizer export to start from: ``path`` itself, or the ``tokenizer/`` export of a run folder
+    (of stage1_tokenizer/train.py or of an earlier finetune_decoder run)."""
+    if not (path / TRAINING_DATA_FILE).is_file() and (path / "tokenizer" / TRAINING_DATA_FILE).is_file():
+        path = path / "tokenizer"
+    if not (path / TRAINING_DATA_FILE).is_file():
+        raise ConfigError(f"'{path}' has no {TRAINING_DATA_FILE} (nor has '{path / 'tokenizer'}'): the decoder is "
+                          "fine-tuned on the tokenizer's own training data, so start from an export written by "
+                          "stage1_tokenizer/train.py or finetune_decoder, or from the run folder that holds it")
+    return path
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    source = Path(args.tokenizer)
-    if (source / "config.yaml").is_file() and (source / "tokenizer").is_dir():  # a training run folder
-        source = source / "tokenizer"
-    if not (source / TRAINING_DATA_FILE).is_file():
-        raise ConfigError(f"'{source}' has no {TRAINING_DATA_FILE}: the decoder is fine-tuned on the tokenizer's own "
-                          "training data, so start from an export written by stage1_tokenizer/train.py")
+    source = tokenizer_folder(Path(args.tokenizer))
     data = load_config(Stage1Config, mapping={"data": read_json(source / TRAINING_DATA_FILE)}).data
     out = Path(args.out)
 

@@ -75,6 +75,16 @@ def test_a_killed_run_resumes_where_it_stopped(trained, tmp_path, caplog):
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
 
 
+def test_a_run_folder_of_either_script_names_its_tokenizer_export(tmp_path):
+    export = tmp_path / "run_decoder" / "tokenizer"          # finetune_decoder's run folder has no config.yaml
+    export.mkdir(parents=True)
+    (export / "training_data.json").write_text("{}")
+    assert finetune_decoder.tokenizer_folder(tmp_path / "run_decoder") == export
+    assert finetune_decoder.tokenizer_folder(export) == export
+    with pytest.raises(ConfigError, match="nor has"):
+        finetune_decoder.tokenizer_folder(tmp_path)
+
+
 def test_bad_input_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="training_data.json"):
         finetune_decoder.main(["--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")])
