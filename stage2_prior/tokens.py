@@ -50,11 +50,15 @@ class TokenizerFingerprint:
     # so a fine-tuned decoder keeps its prior; "" in records written before it existed (then weights_hash is)
     tokens_hash: str = ""
 
+    @staticmethod
+    def _shape(tokenizer: Any, image_size: int) -> dict:
+        """The fields read off the tokenizer without hashing its weights."""
+        return {"codebook_size": int(tokenizer.codebook_size), "grid": list(tokenizer.grid_shape(image_size))}
+
     @classmethod
     def of(cls, tokenizer: Any, image_size: int, path: str | Path = "") -> "TokenizerFingerprint":
-        return cls(codebook_size=int(tokenizer.codebook_size), grid=list(tokenizer.grid_shape(image_size)),
-                   image_size=int(image_size), weights_hash=tokenizer.weights_hash(), path=str(path),
-                   tokens_hash=tokenizer.tokens_hash())
+        return cls(**cls._shape(tokenizer, image_size), image_size=int(image_size),
+                   weights_hash=tokenizer.weights_hash(), path=str(path), tokens_hash=tokenizer.tokens_hash())
 
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerFingerprint":
@@ -72,7 +76,7 @@ class TokenizerFingerprint:
         was fine-tuned or replaced makes the same tokens and passes. Records without it compare all weights.
         """
         weights = "tokens_hash" if self.tokens_hash else "weights_hash"
-        given = {"codebook_size": int(tokenizer.codebook_size), "grid": list(tokenizer.grid_shape(self.image_size)),
+        given = {**self._shape(tokenizer, self.image_size),
                  weights: getattr(tokenizer, weights)()}  # only the hash compared is computed
         diffs = [f"{name}: {getattr(self, name)} (expected) vs {value} (given)"
                  for name, value in given.items() if getattr(self, name) != value]
