@@ -50,6 +50,24 @@ class PatchDiscriminator(nn.Module):
         return self.net(images)
 
 
+def frozen_logits(discriminator: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``discriminator(images)`` differentiable in ``images`` only: the decoder's adversarial term.
+
+    The decoder's step needs d D(x) / d x, not the discriminator's own weight gradients; with its
+    parameters frozen for the forward pass, the backward neither computes those nor leaves them
+    behind. Pass the bare module, not a DistributedDataParallel wrapper: this forward is not one of
+    the discriminator's training steps, so its reducer must not see it.
+    """
+    params = [p for p in discriminator.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return discriminator(images)
+    finally:  # the graph is already recorded: restoring the flags does not reach back into it
+        for p in params:
+            p.requires_grad_(True)
+
+
 def discriminator_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """mean relu(1 - D(real)) + mean relu(1 + D(fake)), averaged over the two halves as in VQGAN."""
     return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())

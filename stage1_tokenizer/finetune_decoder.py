@@ -51,7 +51,8 @@ from edvae_common.training import (EpochShuffleSampler, TrainState, infinite_bat
 
 from .config import Stage1Config
 from .data import build_dataset
-from .discriminator import PatchDiscriminator, adaptive_weight, discriminator_hinge_loss, generator_loss
+from .discriminator import (PatchDiscriminator, adaptive_weight, discriminator_hinge_loss, frozen_logits,
+                            generator_loss)
 from .metrics import evaluate_tokenizer
 from .model import TRAINING_DATA_FILE, EdVAE
 from .train import random_hflip
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
     *prepared, train_loader, test_all, test_periodic = accelerator.prepare(*prepared, train_loader, *test_loaders)
     decoder, optimizer, test_loaders = prepared[0], prepared[1], [test_all, test_periodic]
     discriminator, disc_optimizer = prepared[2:] if adversarial else (None, None)
+    bare_discriminator = accelerator.unwrap_model(discriminator) if adversarial else None  # for the decoder's step
     last_layer = accelerator.unwrap_model(decoder).blocks.output.conv.weight  # where VQGAN's balance is taken
     state = TrainState()
     accelerator.register_for_checkpointing(state)
@@ -212,14 +214,13 @@ def main(argv: list[str] | None = None) -> Path:
         gan_on = adversarial and state.step >= args.adversarial_start
         if gan_on:
             with accelerator.autocast():
-                g_loss = generator_loss(discriminator(recon - 0.5).float())
+                g_loss = generator_loss(frozen_logits(bare_discriminator, recon - 0.5).float())
             balance = adaptive_weight(mse, g_loss, last_layer)
             loss = mse + args.adversarial_weight * balance * g_loss
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if gan_on:  # the discriminator's step, on real images against the decoder's (detached) ones
-            disc_optimizer.zero_grad(set_to_none=True)  # drop what the decoder's backward left in it
             with accelerator.autocast():
                 logits = discriminator(torch.cat([images, recon.detach()]) - 0.5).float()
             d_loss = discriminator_hinge_loss(*logits.chunk(2))

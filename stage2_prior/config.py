@@ -91,6 +91,10 @@ class Stage2Config:
     resume: Optional[str] = None      # 'latest' or a checkpoint folder
     # the stage-1 export the tokens came from (for sample grids); default: the path in the token manifest
     tokenizer: Optional[str] = None
+    # fine-tune: start from the weights of an exported prior (output_dir/prior or checkpoints/...) instead of a
+    # random init. Its layout (arch, size, vocabulary, context) must match model.* and the token set; it may come
+    # from another tokenizer (e.g. an earlier stage of the same tokenizer run); the new prior names the new one.
+    init_from: Optional[str] = None
     model: PriorModelConfig = field(default_factory=PriorModelConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
     train: PriorTrainConfig = field(default_factory=PriorTrainConfig)

@@ -128,3 +128,34 @@ def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", tok
         spec.check_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(str(folder), config=config).to(device).eval()
     return model, spec
+
+
+def init_prior_from(model: Any, name_or_path: str | Path) -> PriorSpec:
+    """Copy the weights of the exported prior ``name_or_path`` into ``model`` (built by ``build_prior``).
+
+    Fine-tuning a prior: the two must have the same architecture, size, vocabulary and context; a mismatch
+    raises ``CheckpointError`` naming the differing settings or tensor shapes. The source may have been trained
+    on another tokenizer's codes (its spec is returned so the caller can say so); ``model`` keeps its own spec.
+    """
+    source, source_spec = load_prior(name_or_path)
+    mine, theirs = model.config.to_dict(), source.config.to_dict()
+    keys = ("model_type", "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner",
+            "max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size")
+    differ = [f"{k}: {theirs.get(k)} (source) vs {mine.get(k)} (this run)" for k in keys if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise CheckpointError(f"init_from='{name_or_path}' does not fit this run's prior: " + "; ".join(differ)
+                              + ". Set model.size / model.arch to the source's, or drop init_from to start fresh.")
+    source_state = source.state_dict()
+    own_state = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own_state[k].shape)}" for k, v in source_state.items()
+           if k in own_state and v.shape != own_state[k].shape]
+    missing = sorted(set(own_state) - set(source_state))
+    if bad or missing:
+        raise CheckpointError(f"init_from='{name_or_path}': weights do not fit (shapes {bad[:4]}, missing "
+                              f"{missing[:4]}). Use a prior of the same arch and size.")
+    with torch.no_grad():
+        for k, v in own_state.items():
+            v.copy_(source_state[k].to(v.dtype))
+    return source_spec
+

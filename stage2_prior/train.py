@@ -35,7 +35,7 @@ from edvae_common.runs import export_atomically, save_checkpoint
 from edvae_common.training import (EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run,
                                    warmup_cosine_lr)
 from stage2_prior.config import Stage2Config
-from stage2_prior.model import PriorSpec, build_prior
+from stage2_prior.model import PriorSpec, build_prior, init_prior_from
 from stage2_prior.ema import EMA
 from stage2_prior.tokens import Manifest, TokenDataset
 
@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 3. Model, optimizer (weight decay on matrices only), data loaders.
     model = build_prior(spec, cfg.model)
+    if cfg.init_from:  # fine-tune an exported prior (a resume below still restores the run's own weights)
+        source_spec = init_prior_from(model, cfg.init_from)
+        same = source_spec.tokenizer.tokens_hash == spec.tokenizer.tokens_hash
+        logger.info("initialised the prior from '%s'%s", cfg.init_from,
+                    "" if same else " (trained on another tokenizer's codes: fine-tuning it on this token set)")
     # weight decay on the blocks' matrices only: not on biases, norms or (token / position) embeddings
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]

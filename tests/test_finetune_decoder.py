@@ -167,3 +167,20 @@ def test_bad_options_say_what_is_wrong(tmp_path):
         finetune_decoder.main(base + ["--decoder-channels", "6"])
     with pytest.raises(ConfigError, match="--adversarial-weight"):
         finetune_decoder.main(base + ["--adversarial-weight", "-1"])
+
+
+def test_the_decoders_adversarial_term_leaves_the_discriminator_without_gradients():
+    from stage1_tokenizer.discriminator import PatchDiscriminator, frozen_logits, generator_loss
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(3, 8).eval()  # eval: spectral norm's power iteration holds still between the calls
+    fake = (torch.rand(2, 3, 32, 32) - 0.5).requires_grad_(True)
+    plain = fake.detach().clone().requires_grad_(True)
+    # the reference: a plain forward; its backward fills the discriminator's gradients too
+    generator_loss(disc(plain)).backward()
+    assert all(p.grad is not None for p in disc.parameters())
+    disc.zero_grad(set_to_none=True)
+    # the frozen forward: the same gradient for the images, none for the discriminator, flags restored
+    generator_loss(frozen_logits(disc, fake)).backward()
+    assert torch.allclose(fake.grad, plain.grad, rtol=1e-5, atol=1e-9)
+    assert all(p.grad is None and p.requires_grad for p in disc.parameters())

@@ -258,3 +258,29 @@ def test_resume_refuses_another_token_set_or_ema_setting(world: dict, tmp_path: 
         prior_train.main([*common, f"data.tokens={other}", "train.max_steps=6", "resume=latest"])
     with pytest.raises(ConfigError, match="train.ema_decay"):
         prior_train.main([*common, f"data.tokens={world['tokens']}", "train.ema_decay=0.9", "resume=latest"])
+
+
+def test_init_from_fine_tunes_an_exported_prior_and_refuses_another_layout(world: dict, tmp_path: Path) -> None:
+    common = ["--config", TINY, f"data.tokens={world['tokens']}", "model.class_conditional=true",
+              "train.eval_every=1000", "train.sample_every=1000", "train.log_every=1", *STAGE2_QUIET]
+    source = world["run"] / "prior"
+    # with a vanishing learning rate the fine-tuned export is the source prior, and its first loss is already low
+    tuned, fresh = tmp_path / "tuned", tmp_path / "fresh"
+    prior_train.main([*common, f"output_dir={tuned}", f"init_from={source}", "train.max_steps=2", "train.lr=1e-9"])
+    prior_train.main([*common, f"output_dir={fresh}", "train.max_steps=2", "train.lr=1e-9"])
+    a, _ = load_prior(source)
+    b, spec = load_prior(tuned / "prior", tokenizer=world["tok"])
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    first = {run: read_metrics(run, "train")[0]["bits_per_token"] for run in (tuned, fresh)}
+    assert first[tuned] < 0.6 * first[fresh]
+    # another vocabulary (unconditional: no class tokens) or another width is refused, naming what differs
+    with pytest.raises(CheckpointError, match="vocab_size: 36 .source. vs 33"):
+        prior_train.main(["--config", TINY, f"data.tokens={world['tokens']}", f"output_dir={tmp_path / 'u'}",
+                          f"init_from={source}", "train.max_steps=1", *STAGE2_QUIET])
+    with pytest.raises(CheckpointError, match="n_embd"):
+        prior_train.main([*common, f"output_dir={tmp_path / 's'}", f"init_from={source}", "model.size=small",
+                          "train.max_steps=1"])
+    with pytest.raises(CheckpointError, match="not an EdVAE prior"):
+        prior_train.main([*common, f"output_dir={tmp_path / 't'}", f"init_from={world['tok_dir']}",
+                          "train.max_steps=1"])
