@@ -146,16 +146,9 @@ def init_prior_from(model: Any, name_or_path: str | Path) -> PriorSpec:
     if differ:
         raise CheckpointError(f"init_from='{name_or_path}' does not fit this run's prior: " + "; ".join(differ)
                               + ". Set model.size / model.arch to the source's, or drop init_from to start fresh.")
-    source_state = source.state_dict()
-    own_state = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own_state[k].shape)}" for k, v in source_state.items()
-           if k in own_state and v.shape != own_state[k].shape]
-    missing = sorted(set(own_state) - set(source_state))
-    if bad or missing:
-        raise CheckpointError(f"init_from='{name_or_path}': weights do not fit (shapes {bad[:4]}, missing "
-                              f"{missing[:4]}). Use a prior of the same arch and size.")
-    with torch.no_grad():
-        for k, v in own_state.items():
-            v.copy_(source_state[k].to(v.dtype))
+    try:  # strict: every tensor present with its shape (the settings above already make them agree)
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise CheckpointError(f"init_from='{name_or_path}': its weights do not fit this run's prior ({err}). "
+                              "Use a prior of the same arch and size.") from err
     return source_spec
-
