@@ -141,6 +141,21 @@ def run_name(quantizer: str, seed: int, sweep: Sweep | None = None, i: int = 0) 
     return f"{quantizer}_{sweep.key}_{value}_seed{seed}"
 
 
+def train_arguments(config: str, overrides: list[str], run_dir: str | Path, quantizer: str, seed: int, beta: float,
+                    extra: list[str] = ()) -> list[str]:
+    """The ``train.py`` command line of one run of a comparison: the shared config and overrides, then what differs
+    per run (its folder, quantizer, seed and KL weight), a final evaluation on the whole held-out split, and
+    ``resume=latest`` so that a rerun continues an interrupted run. ``stage2_prior.compare`` trains with it too."""
+    return ["--config", str(config), *overrides, f"output_dir={run_dir}", f"model.quantizer={quantizer}",
+            f"train.seed={seed}", f"train.beta_max={beta}", "train.final_eval=true", "resume=latest", *extra]
+
+
+def finished(run_dir: str | Path, max_steps: int) -> bool:
+    """A run whose final metrics (written after its export) are those of ``max_steps``: nothing left to train."""
+    final = Path(run_dir) / "metrics.json"
+    return final.is_file() and read_json(final).get("step") == max_steps and (Path(run_dir) / "tokenizer").is_dir()
+
+
 def run_one(args: argparse.Namespace, cfg: Stage1Config, quantizer: str, seed: int, beta: float,
             sweep: Sweep | None = None, i: int = 0) -> dict:
     """Train (or resume, or skip) one run and return its row of results."""
@@ -149,10 +164,8 @@ def run_one(args: argparse.Namespace, cfg: Stage1Config, quantizer: str, seed: i
     swept = [sweep.override(i)] if sweep is not None else []  # last: a swept train.beta_max replaces the paper's
     if sweep is not None and sweep.key == "train.beta_max":
         beta = float(sweep.values[i])
-    if not (final.is_file() and read_json(final).get("step") == cfg.train.max_steps):
-        train_script.main(["--config", args.config, *args.overrides, f"output_dir={run_dir}",
-                           f"model.quantizer={quantizer}", f"train.seed={seed}", f"train.beta_max={beta}",
-                           "train.final_eval=true", "resume=latest", *swept])
+    if not finished(run_dir, cfg.train.max_steps):
+        train_script.main(train_arguments(args.config, args.overrides, run_dir, quantizer, seed, beta, swept))
     metrics = read_json(final)
     row = {"quantizer": quantizer, "seed": seed, "beta_max": beta}
     if sweep is not None:

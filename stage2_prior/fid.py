@@ -30,8 +30,12 @@ features), loaded offline from the TorchScript file that the PyPI package
 Statistics: float64 mean and (N-1)-normalised covariance; the distance is pytorch-fid's
 ``calculate_frechet_distance`` algorithm (scipy ``sqrtm`` of the covariance product), equal to
 pytorch-fid's own function on the same features (tested to 1e-6). Reference statistics are
-cached per (source, split, preprocessing, protocol, weights) in ``--cache-dir``. Everything
-that defines the number goes into the output JSON next to ``fid``.
+cached per (source, split, preprocessing, protocol, weights) in ``--cache-dir``, with their features.
+KID (``kid``, ``kid_std``) comes from the same features, for every source (not from a bare
+``mu``/``sigma`` file): the unbiased MMD^2 with the cubic polynomial kernel over 100 random subset
+pairs, torch-fidelity's estimator and draws (subsets of 1,000, or of half the smaller set when
+either side has fewer than 2,000 images, so their spread is not 0). Everything that defines the
+numbers goes into the output JSON next to ``fid``.
 """
 
 from __future__ import annotations
@@ -191,10 +195,14 @@ class InceptionFeatures(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- statistics
 class FeatureStats:
-    """Streaming float64 statistics of features: count, sum and sum of outer products -> mean and covariance."""
+    """Streaming float64 statistics of features: count, sum and sum of outer products -> mean and covariance.
 
-    def __init__(self, dim: int | None = None):
+    The features themselves are kept too (float32, for KID) unless ``keep=False``.
+    """
+
+    def __init__(self, dim: int | None = None, keep: bool = True):
         self.n, self.sum, self.outer = 0, None, None
+        self.kept: list[np.ndarray] | None = [] if keep else None
         if dim is not None:
             self._init(dim)
 
@@ -208,6 +216,15 @@ class FeatureStats:
         self.n += len(f)
         self.sum += f.sum(axis=0)
         self.outer += f.T @ f
+        if self.kept is not None:
+            self.kept.append(f.astype(np.float32))
+
+    @property
+    def features(self) -> np.ndarray | None:
+        """(N, F) float32 features seen so far, or None when they were not kept."""
+        if self.kept is None:
+            return None
+        return np.concatenate(self.kept) if self.kept else np.zeros((0, 0), np.float32)
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and the (N - 1)-normalised covariance (``np.cov``'s, pytorch-fid's and torchmetrics')."""
@@ -224,14 +241,17 @@ class Statistics:
     sigma: np.ndarray
     n: int
     meta: dict
+    features: np.ndarray | None = None   # (n, F) float32, for KID; absent in files written by pytorch-fid
 
     def save(self, path: str | Path) -> Path:
-        """A pytorch-fid-compatible ``.npz`` (``mu``, ``sigma``) plus ``n`` and ``meta`` (JSON: source, protocol)."""
+        """A pytorch-fid-compatible ``.npz`` (``mu``, ``sigma``) plus ``n``, ``meta`` (JSON: source, protocol) and,
+        when known, the ``features`` (float32) that KID needs."""
         import io
 
         buf = io.BytesIO()
+        extra = {} if self.features is None else {"features": np.asarray(self.features, np.float32)}
         np.savez(buf, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
-                 meta=np.array(json.dumps({"format": STATS_FORMAT, **self.meta})))
+                 meta=np.array(json.dumps({"format": STATS_FORMAT, **self.meta})), **extra)
         atomic_write_bytes(path, buf.getvalue())
         return Path(path)
 
@@ -242,7 +262,8 @@ class Statistics:
                 raise ValueError(f"'{path}' is not a statistics file (no 'mu' and 'sigma'; keys: {', '.join(f.files)})")
             meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
             n = int(f["n"]) if "n" in f.files else -1
-            return cls(np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64), n, meta)
+            features = np.asarray(f["features"], np.float32) if "features" in f.files else None
+            return cls(np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64), n, meta, features)
 
 
 def is_statistics_file(path: str | Path) -> bool:
@@ -283,6 +304,47 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 2020   # torch-fidelity's defaults
+KID_TEXT = ("unbiased MMD^2 of the same features with the kernel (x.y / d + 1)^3, mean and std (ddof 0) over random "
+            "subset pairs drawn without replacement (numpy RandomState(2020), torch-fidelity's draws); equal to "
+            "torch-fidelity's kid_features_to_metric on the same features (tests/test_fid_kid.py)")
+
+
+def kid_subset_size(n_real: int, n_fake: int, wanted: int = KID_SUBSET_SIZE) -> int:
+    """The subset size KID uses: ``wanted`` (torch-fidelity's 1,000) when both sides have twice that, else half the
+    smaller side, so that subsets differ and their spread means something (a subset of all 1,000 images of a set of
+    1,000 is the same every time: a spread of 0)."""
+    return max(2, min(wanted, min(n_real, n_fake) // 2))
+
+
+def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS,
+                              subset_size: int | None = None, seed: int = KID_SEED) -> dict:
+    """KID (Binkowski et al., 2018): the unbiased estimate of MMD^2 between the two feature sets with the cubic
+    polynomial kernel k(x, y) = (x.y / d + 1)^3, on ``subsets`` pairs of random subsets of ``subset_size``
+    features per side (drawn without replacement, real first, from ``np.random.RandomState(seed)``: the draws
+    of torch-fidelity's ``kid_features_to_metric``, so the numbers equal its on the same features).
+    Returns ``{"kid": mean, "kid_std": std over subsets (ddof 0, as torch-fidelity), "kid_subsets", "kid_subset_size"}``.
+    Unbiased: about 0 (either sign) for two samples of one distribution, at any set size."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"KID needs two (N, F) feature arrays of the same F, got {real.shape} and {fake.shape}")
+    m = subset_size or kid_subset_size(len(real), len(fake))
+    if m < 2 or len(real) < m or len(fake) < m:
+        raise ValueError(f"KID subsets of {m} need at least {max(m, 2)} features per side, got {len(real)} real and "
+                         f"{len(fake)} generated")
+    d = real.shape[1]
+    rng = np.random.RandomState(seed)
+    values = np.zeros(subsets)
+    for i in range(subsets):
+        x = real[rng.choice(len(real), m, replace=False)]
+        y = fake[rng.choice(len(fake), m, replace=False)]
+        k_xx, k_yy, k_xy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+        values[i] = within - 2.0 * k_xy.sum() / (m * m)
+    return {"kid": float(values.mean()), "kid_std": float(values.std()), "kid_subsets": int(subsets),
+            "kid_subset_size": int(m)}
 
 
 # ---------------------------------------------------------------------------------------------- image sources
@@ -486,14 +548,16 @@ def reference_statistics(source: ImageSource, extractor: InceptionFeatures, batc
     if cache is not None and cache.is_file():
         try:
             stats = Statistics.load(cache)
-            logger.info("reference statistics from the cache %s", cache)
-            return stats, True
+            if stats.features is not None:
+                logger.info("reference statistics from the cache %s", cache)
+                return stats, True
+            logger.info("the cache file %s predates KID (no features): computing it again", cache)
         except (OSError, ValueError, KeyError) as err:
             logger.warning("ignoring an unreadable cache file %s (%s)", cache, err)
     acc = statistics_of(_batches(source, batch_size, num_workers), extractor, len(source), "fid real", progress)
     mu, sigma = acc.mean_cov()
     stats = Statistics(mu, sigma, acc.n, {"real": source.description, **extractor.describe(),
-                                          "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                          "created": time.strftime("%Y-%m-%d %H:%M:%S")}, acc.features)
     if cache is not None:
         stats.save(cache)
     return stats, False
@@ -562,6 +626,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where reference statistics are cached ('' = off)")
     p.add_argument("--save-stats", default=None, metavar="PATH",
                    help="also write the reference statistics to PATH (.npz: mu, sigma, n, meta; pytorch-fid reads it)")
+    p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS,
+                   help="KID: random subset pairs its mean and spread are taken over (0 = no KID; default 100)")
+    p.add_argument("--kid-subset-size", type=int, default=None,
+                   help="KID: features per side in each subset (default: 1,000, or half the smaller side when "
+                        "either has fewer than 2,000)")
     p.add_argument("--out", default=None, help="write the result and its protocol to this JSON file")
     return p.parse_args(argv)
 
@@ -629,7 +698,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             acc = statistics_of(_batches(real, args.batch_size, args.num_workers), extractor, len(real),
                                 "fid real + reconstructions", True, also=reconstruct)
-            ref = Statistics(*acc.mean_cov(), acc.n, {"real": real_desc, **extractor.describe()})
+            ref = Statistics(*acc.mean_cov(), acc.n, {"real": real_desc, **extractor.describe()}, acc.features)
             reconstructions = recon_stats
             fake_desc = {"source": f"reconstructions of the reference images by {args.reconstruct_with} "
                                    f"(argmax codes; weights_hash {tokenizer.weights_hash()})",
@@ -653,19 +722,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fid = frechet_distance(*fake_stats.mean_cov(), ref.mu, ref.sigma)
     if not math.isfinite(fid):
         raise ValueError(f"FID is not finite ({fid})")
+    kid: dict[str, Any] = {"kid": None}
+    if args.kid_subsets <= 0:
+        kid["kid_note"] = "not computed (--kid-subsets 0)"
+    elif ref.features is None:
+        kid["kid_note"] = "not computed: the reference statistics file holds no features (only mu and sigma)"
+    else:
+        kid.update(kernel_inception_distance(ref.features, fake_stats.features, args.kid_subsets,
+                                             args.kid_subset_size))
 
     # 4. Everything that defines it.
     result = {
         "fid": fid,
+        **kid,
         "kind": "generation" if args.fake is not None else "reconstruction",
         "n_real": int(n_real), "n_fake": int(fake_stats.n),
         "real": real_desc, "fake": fake_desc,
         "protocol": {**extractor.describe(),
                      "statistics": "float64 mean and (N-1)-normalised covariance of the features",
                      "distance": "pytorch-fid's calculate_frechet_distance algorithm (scipy sqrtm)",
-                     "equals": EQUALS},
+                     "equals": EQUALS, "kid": KID_TEXT},
     }
-    print(f"FID {fid:.3f} ({result['kind']}: {fake_stats.n} images vs {n_real} reference images; "
+    kid_text = f", KID {kid['kid']:.5f} ± {kid['kid_std']:.5f}" if kid["kid"] is not None else ""
+    print(f"FID {fid:.3f}{kid_text} ({result['kind']}: {fake_stats.n} images vs {n_real} reference images; "
           f"protocol {extractor.protocol.name})")
     if args.out:
         write_json(args.out, result)

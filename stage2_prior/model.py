@@ -126,7 +126,8 @@ def load_prior(name_or_path: str | Path, device: torch.device | str = "cpu", tok
     spec = PriorSpec.from_dict(getattr(config, SPEC_KEY))
     if tokenizer is not None:
         spec.check_tokenizer(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config).to(device).eval()
+    # float32 whatever the file holds (a prior published in fp16 samples in float32, on the CPU too)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, dtype=torch.float32).to(device).eval()
     return model, spec
 
 

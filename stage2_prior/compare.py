@@ -1,0 +1,593 @@
+"""The paper's generation comparison (Figures 11-12), measured: every quantizer's tokens under the same prior.
+
+    python -m stage2_prior.compare --stage1 configs/stage1/celeba64_ship.yaml \\
+        --stage2 configs/stage2/celeba64_ship.yaml --quantizers edvae dvae gs_vqvae vqvae_ema sqvae vqste_pp \\
+        --seeds 42 --out runs/compare/celeba64 [s1.key=value ...] [s2.key=value ...]
+
+For each (quantizer, seed), in ``--out``, each stage the project's own script as a child process
+(``accelerate launch`` with ``--num-processes``):
+
+1. ``stage1/<row>``: the tokenizer, trained with ``stage1_tokenizer.compare``'s settings (same budget for
+   all, the paper's KL weight per quantizer; ``--beta NAME=VALUE`` changes one);
+2. ``tokens/<row>``: its argmax codes of the training split (with mirror images when stage 1 flipped) and of
+   the held-out split (``stage2_prior/extract_tokens.py``);
+3. ``stage2/<row>``: a prior of the same size, steps and schedule on them (``stage2_prior/train.py``; the row's
+   seed); its bits per token on the held-out split are the prior's final validation;
+4. ``rows/<row>/rfid.json``: the tokenizer's reconstruction FID and KID on the held-out images;
+5. ``samples/<row>/<setting>_seed<k>``: ``--num-samples`` samples at the same two settings for every row,
+   temperature 1 unfiltered (seed 0) and temperature 1 with top-p 0.95 (``--sample-seeds``, three by default),
+   each with its FID and KID against the held-out images (``stage2_prior.fid``'s protocol).
+
+Then ``results.json`` (one row per finished run), ``results.md`` (mean and spread per quantizer, and which
+differences exceed the spread) and ``figure11.png`` (samples of each quantizer beside its reconstructions).
+
+Reruns: a stage whose outputs are complete is skipped, an interrupted one resumes from its checkpoint (the
+stage scripts resume themselves). Two drivers may share one output folder (e.g. one per quantizer, one
+thread each): a row is locked while one of them works on it, and the tables gather every finished row.
+The folder remembers its settings (``compare.json``): other configs or overrides are refused, naming the
+difference. Overrides: ``s1.KEY=VALUE`` for the tokenizers, ``s2.KEY=VALUE`` for the priors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edvae_common.cli import run_cli
+from edvae_common.config import ConfigError, load_config, to_dict
+from edvae_common.io import atomic_write_text, read_json, save_figure, write_json
+from stage1_tokenizer import QUANTIZERS
+from stage1_tokenizer import compare as stage1_compare
+from stage1_tokenizer.config import Stage1Config
+from stage2_prior.config import Stage2Config
+from stage2_prior.driver import FolderLock, Launcher, Record, write_stage_time
+
+PER_RUN_STAGE1 = ("output_dir", "resume", "model.quantizer", "train.seed", "train.beta_max", "train.final_eval")
+PER_RUN_STAGE2 = ("output_dir", "resume", "data.tokens", "tokenizer", "train.seed", "init_from")
+COLLAPSED_CODES = 8        # a tokenizer using fewer codes than this on the held-out split is flagged as collapsed
+FIGURE_IMAGES = 10
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One sampling setting every row is measured at (no per-row tuning)."""
+
+    name: str
+    temperature: float
+    top_p: float
+    text: str
+
+
+UNFILTERED = Setting("t1", 1.0, 1.0, "temperature 1, no filtering")
+NUCLEUS = Setting("t1_p095", 1.0, 0.95, "temperature 1, top-p 0.95")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage1", required=True, help="stage-1 YAML config every tokenizer trains with")
+    p.add_argument("--stage2", required=True, help="stage-2 YAML config every prior trains with")
+    p.add_argument("--quantizers", nargs="+", default=["edvae", "dvae"], help=f"any of {', '.join(QUANTIZERS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[42], help="training seeds (tokenizer and prior)")
+    p.add_argument("--beta", action="append", default=[], metavar="NAME=VALUE",
+                   help="KL weight of one quantizer instead of the paper's (repeatable; as stage1_tokenizer.compare)")
+    p.add_argument("--out", required=True, help="output folder (resumed when it holds this comparison)")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per setting and seed (default 1,000)")
+    p.add_argument("--sample-seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="sampling seeds at top-p 0.95 (the unfiltered setting uses the first)")
+    p.add_argument("--sample-batch-size", type=int, default=50, help="sequences sampled at once")
+    p.add_argument("--real", default=None,
+                   help="held-out images for FID (default: stage 1's data and held-out split)")
+    p.add_argument("--fid-weights", default=None, help="TorchScript FID extractor (default: the standard Inception)")
+    p.add_argument("--num-processes", type=int, default=1, help="processes per stage (accelerate launch)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: Accelerate's)")
+    p.add_argument("--figure-seed", type=int, default=None, help="the training seed shown in figure11.png")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="a folder to commit (e.g. checkpoints/compare/celeba64) that keeps every finished stage's small "
+                        "outputs: the tokenizer export and metrics, the prior in fp16 and its metrics, the FID/KID "
+                        "JSONs and the figure's samples. A stage found there is restored instead of run, so a fresh "
+                        "clone resumes the comparison where the last one stopped")
+    p.add_argument("--snapshot", action="store_true",
+                   help="with --archive: only copy into it what the rows have now, also the latest checkpoint of "
+                        "a training stage that has not finished (to move a comparison to another machine, or "
+                        "before a session ends), then stop; nothing trains")
+    p.add_argument("--quiet", action="store_true", help="stage output to the logs only (<out>/logs/)")
+    p.epilog = "s1.KEY=VALUE / s2.KEY=VALUE overrides (anywhere on the line) apply to every tokenizer / prior"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    is_override = [a.startswith(("s1.", "s2.")) and "=" in a for a in argv]
+    args = p.parse_args([a for a, o in zip(argv, is_override) if not o])
+    given = [a for a, o in zip(argv, is_override) if o]
+    args.s1 = [a[3:] for a in given if a.startswith("s1.")]
+    args.s2 = [a[3:] for a in given if a.startswith("s2.")]
+    args.command = "python -m stage2_prior.compare " + " ".join(argv)
+    return args
+
+
+def _defining(cfg: Any, per_run: tuple[str, ...]) -> dict:
+    """A resolved config without the keys each run sets for itself."""
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif f"{prefix}{k}" not in per_run:
+                flat[f"{prefix}{k}"] = v
+    walk(to_dict(cfg), "")
+    return {k: flat[k] for k in sorted(flat) if not k.endswith(("progress_bar", "tracker", "num_workers"))}
+
+
+def real_source(cfg: Stage1Config) -> str:
+    """Stage 1's data as a ``stage2_prior.fid`` source: the same images, preprocessing and held-out split."""
+    d = cfg.data
+    return str(d.path) if d.dataset in ("npz", "folder", "auto") else f"{d.dataset}:{d.path}"
+
+
+class Comparison:
+    """Paths and stages of one comparison folder."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.root = Path(args.out)
+        self.s1 = load_config(Stage1Config, args.stage1, args.s1)
+        self.s2 = load_config(Stage2Config, args.stage2, args.s2)
+        self.betas = stage1_compare.betas(self.s1, args.beta)
+        self.real = args.real or real_source(self.s1)
+        self.launcher = Launcher(args.num_processes, args.threads, self.root / "logs", quiet=args.quiet)
+        self.archive = Archive(Path(args.archive), self.root) if args.archive else None
+
+    # -------------------------------------------------------------------------------------------- checks
+    def check(self) -> None:
+        """Everything that can be refused before anything trains."""
+        unknown = [q for q in self.args.quantizers if q not in QUANTIZERS]
+        if unknown:
+            raise ConfigError(f"unknown quantizer(s) {', '.join(unknown)}; available: {', '.join(QUANTIZERS)}")
+        if self.s2.model.class_conditional:
+            raise ConfigError(f"'{self.args.stage2}' trains a class-conditional prior; the comparison samples "
+                              "unconditionally: use an unconditional stage-2 config (model.class_conditional=false)")
+        grid = self.s1.data.image_size // 4
+        if self.s1.data.image_size % 4:
+            raise ConfigError(f"stage 1's data.image_size {self.s1.data.image_size} is not a multiple of 4: the "
+                              "tokenizer's grid would not cover the image")
+        if self.args.num_samples < 4 or any(s < 0 for s in self.args.sample_seeds):
+            raise ConfigError("--num-samples must be at least 4 and the sample seeds non-negative")
+        self.grid = (grid, grid)
+        settings = {"stage1": _defining(self.s1, PER_RUN_STAGE1), "stage2": _defining(self.s2, PER_RUN_STAGE2),
+                    "betas": self.betas, "real": self.real, "num_samples": self.args.num_samples,
+                    "sample_seeds": self.args.sample_seeds, "sample_batch_size": self.args.sample_batch_size,
+                    "fid_weights": self.args.fid_weights}
+        self.record = Record(self.root, "compare.json", "generation comparison").claim(
+            settings, "Use the settings it was made with (see its compare.json), or another --out.")
+
+    # -------------------------------------------------------------------------------------------- stages
+    def row_name(self, quantizer: str, seed: int) -> str:
+        return stage1_compare.run_name(quantizer, seed)
+
+    def stage(self, name: str, row: str, done: bool, command: list[str]) -> None:
+        """Run ``command`` unless ``done``; its wall time goes into the row's times.json."""
+        if done:
+            return
+        seconds = self.launcher.run(f"{row}.{name}", command)
+        write_stage_time(self.root / "rows" / row / "times.json", name, seconds)
+        if self.archive is not None:
+            self.archive.save(row)
+
+    def run_row(self, quantizer: str, seed: int) -> dict | None:
+        """All stages of one row (each skipped when done); returns its results, or None when another driver has it."""
+        row = self.row_name(quantizer, seed)
+        lock = FolderLock(self.root / "rows" / row)
+        if not lock.acquire():
+            print(f"[{row}] another driver (pid {lock.holder()}) is working on this row: skipped here", flush=True)
+            return None
+        with lock:
+            if self.archive is not None:
+                self.archive.restore(row)
+            return self._run_row(quantizer, seed, row)
+
+    def _run_row(self, quantizer: str, seed: int, row: str) -> dict:
+        a, L, root = self.args, self.launcher, self.root
+        s1_dir, tokens, s2_dir = root / "stage1" / row, root / "tokens" / row, root / "stage2" / row
+        tokenizer, prior, row_dir = s1_dir / "tokenizer", s2_dir / "prior", root / "rows" / row
+        # 1. The tokenizer: stage 1's comparison settings (the same train.py arguments as stage1_tokenizer.compare).
+        self.stage("tokenizer", row, stage1_compare.finished(s1_dir, self.s1.train.max_steps), L.accelerate(
+            "stage1_tokenizer/train.py",
+            stage1_compare.train_arguments(a.stage1, a.s1, s1_dir, quantizer, seed, self.betas[quantizer])))
+        # 2. Its codes, extracted once (mirror images too when stage 1 trained with flips).
+        self.stage("tokens", row, (tokens / "manifest.json").is_file(), L.accelerate(
+            "stage2_prior/extract_tokens.py", ["--tokenizer", str(tokenizer), "--out", str(tokens)]))
+        # 3. The prior on them: the same config, steps and schedule for every row.
+        prior_done = prior.is_dir() and (s2_dir / "metrics.json").is_file() and \
+            read_json(s2_dir / "metrics.json").get("step") == self.s2.train.max_steps
+        self.stage("prior", row, prior_done, L.accelerate("stage2_prior/train.py", [
+            "--config", a.stage2, *a.s2, f"output_dir={s2_dir}", f"data.tokens={tokens}", f"tokenizer={tokenizer}",
+            f"train.seed={seed}", "resume=latest"]))
+        # 4. The tokenizer's reconstruction FID on the held-out images: the floor for its samples.
+        fid_common = ["--real", self.real, "--real-split", "test", "--test-fraction", str(self.s1.data.test_fraction),
+                      "--split-seed", str(self.s1.data.split_seed), "--image-size", str(self.s1.data.image_size)]
+        if a.fid_weights:
+            fid_common += ["--weights", a.fid_weights]
+        self.stage("rfid", row, (row_dir / "rfid.json").is_file(), L.module("stage2_prior.fid", [
+            *fid_common, "--reconstruct-with", str(tokenizer), "--out", str(row_dir / "rfid.json")]))
+        # 5. Samples at the two common settings, each with its FID and KID.
+        for setting, seeds in ((UNFILTERED, a.sample_seeds[:1]), (NUCLEUS, a.sample_seeds)):
+            for k in seeds:
+                out = root / "samples" / row / f"{setting.name}_seed{k}"
+                self.stage(f"sample_{setting.name}_seed{k}", row, (out / "samples.json").is_file(), L.accelerate_module(
+                    "stage2_prior.sample", [
+                        "--prior", str(prior), "--tokenizer", str(tokenizer), "--num", str(a.num_samples),
+                        "--seed", str(k), "--temperature", str(setting.temperature), "--top-k", "0",
+                        "--top-p", str(setting.top_p), "--batch-size", str(a.sample_batch_size), "--out", str(out)]))
+                self.stage(f"fid_{setting.name}_seed{k}", row, (out / "fid.json").is_file(), L.module(
+                    "stage2_prior.fid", [*fid_common, "--fake", str(out), "--out", str(out / "fid.json")]))
+        results = self.row_results(quantizer, seed, row)
+        write_json(row_dir / "results.json", results)
+        return results
+
+    # -------------------------------------------------------------------------------------------- one row
+    def row_results(self, quantizer: str, seed: int, row: str) -> dict:
+        """One row of results.json from the stages' own output files."""
+        root, a = self.root, self.args
+        s1 = read_json(root / "stage1" / row / "metrics.json")
+        s2 = read_json(root / "stage2" / row / "metrics.json")
+        rfid = read_json(root / "rows" / row / "rfid.json")
+        usage = token_usage(root / "tokens" / row)
+        times = read_json(root / "rows" / row / "times.json") if (root / "rows" / row / "times.json").is_file() else {}
+        settings = {}
+        for setting, seeds in ((UNFILTERED, a.sample_seeds[:1]), (NUCLEUS, a.sample_seeds)):
+            runs = [read_json(root / "samples" / row / f"{setting.name}_seed{k}" / "fid.json") for k in seeds]
+            fids, kids = [r["fid"] for r in runs], [r["kid"] for r in runs]
+            settings[setting.name] = {
+                "text": setting.text, "temperature": setting.temperature, "top_p": setting.top_p, "top_k": 0,
+                "seeds": list(seeds), "fid": fids, "fid_mean": statistics.mean(fids),
+                "fid_std": statistics.stdev(fids) if len(fids) > 1 else None,
+                "kid": kids, "kid_std_over_subsets": [r["kid_std"] for r in runs],
+                "kid_mean": statistics.mean(kids), "fid_over_rfid": statistics.mean(fids) / rfid["fid"]}
+        warnings = []
+        if s1["codes_used"] < COLLAPSED_CODES:
+            warnings.append(f"the tokenizer collapsed: {s1['codes_used']} codes used on the held-out split")
+        return {
+            "quantizer": quantizer, "seed": seed, "beta_max": self.betas[quantizer],
+            "budget": {"stage1_steps": self.s1.train.max_steps, "stage1_batch": self.s1.train.batch_size,
+                       "prior_steps": self.s2.train.max_steps, "prior_batch": self.s2.train.batch_size,
+                       "prior_size": self.s2.model.size, "prior_arch": self.s2.model.arch,
+                       "num_samples": a.num_samples},
+            "wall_s": times, "wall_s_total": round(sum(times.values()), 1),
+            "tokenizer": {"psnr": s1["psnr"], "mse": s1["mse"], "codes_used": s1["codes_used"],
+                          "perplexity_split": s1["perplexity_split"], "rfid": rfid["fid"], "rkid": rfid.get("kid"),
+                          "n_test": s1.get("n_images")},
+            "tokens": usage,
+            "prior": {"bits_per_token": s2["nll_bits_per_token"], "bits_per_image": s2["nll_bits_per_image"],
+                      "split": "test (held out)"},
+            "sampling": settings, "warnings": warnings,
+        }
+
+    # -------------------------------------------------------------------------------------------- reports
+    def finished_rows(self) -> list[dict]:
+        """Every finished row in the folder (also those another driver made), quantizer order, then seed."""
+        rows = [read_json(p) for p in sorted((self.root / "rows").glob("*/results.json"))]
+        order = {q: i for i, q in enumerate(QUANTIZERS)}
+        return sorted(rows, key=lambda r: (order.get(r["quantizer"], 99), r["seed"]))
+
+    def report(self) -> list[dict]:
+        rows = self.finished_rows()
+        if not rows:
+            return rows
+        write_json(self.root / "results.json", rows)
+        atomic_write_text(self.root / "results.md", results_markdown(rows, self.args.command, self.s1, self.s2))
+        seed = self.args.figure_seed if self.args.figure_seed is not None else rows[0]["seed"]
+        shown = [r for r in rows if r["seed"] == seed]
+        if shown:
+            plot_figure11(self, shown, self.root / "figure11.png")
+        return rows
+
+
+class Archive:
+    """The small, final outputs of finished stages, kept in a folder meant for git, and put back from it.
+
+    Per row: ``stage1/`` (the tokenizer export in fp32, so its codes are exact, with its metrics and config),
+    ``stage2/`` (the prior export in fp16, loadable with ``Pipeline.from_pretrained``, and its final metrics),
+    ``rows/`` (rfid.json, times.json) and ``samples/<setting>/`` (samples.json, fid.json and the first
+    images, for the figure). Tokens, checkpoints and the other samples stay in the run folder (regenerated
+    when needed: a restored prior means the tokens are not needed again).
+    """
+
+    STAGE1 = ("metrics.json", "metrics.jsonl", "config.yaml", "codebook_usage.png")
+    STAGE2 = ("metrics.json", "metrics.jsonl", "config.yaml")
+
+    def __init__(self, folder: Path, root: Path):
+        self.folder, self.root = folder, root
+
+    def save(self, row: str, partial: bool = False) -> None:
+        """Copy the row's finished outputs (and with ``partial`` the latest checkpoint of each unfinished
+        training stage) into the archive."""
+        import shutil
+
+        src, dst = self.root, self.folder / row
+        if partial:
+            self._save_partial(row)
+        s1, s2 = src / "stage1" / row, src / "stage2" / row
+        if (s1 / "tokenizer").is_dir() and (s1 / "metrics.json").is_file() and not (dst / "stage1").is_dir():
+            self._copy(s1, dst / "stage1", self.STAGE1, export="tokenizer")
+        if (s2 / "prior").is_dir() and (s2 / "metrics.json").is_file() and not (dst / "stage2").is_dir():
+            self._copy(s2, dst / "stage2", self.STAGE2, export="prior", half=True)
+        for name in ("rfid.json", "times.json"):
+            if (src / "rows" / row / name).is_file():
+                (dst / "rows").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / "rows" / row / name, dst / "rows" / name)
+        for run in sorted((src / "samples" / row).glob("*/fid.json")):
+            keep = dst / "samples" / run.parent.name
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("fid.json", "samples.json"):
+                shutil.copy2(run.parent / name, keep / name)
+            first = keep / "first.npz"
+            if not first.is_file() and (run.parent / "samples.npz").is_file():
+                import numpy as np
+
+                with np.load(run.parent / "samples.npz") as f:
+                    np.savez_compressed(first, images=f["images"][:FIGURE_IMAGES])
+
+    def restore(self, row: str) -> None:
+        import shutil
+
+        src, dst = self.folder / row, self.root
+        if not src.is_dir():
+            return
+        self._restore_partial(row)
+        for stage in ("stage1", "stage2"):
+            if (src / stage).is_dir() and not (dst / stage / row / "metrics.json").is_file():
+                if (dst / stage / row).exists():
+                    shutil.rmtree(dst / stage / row)   # an unfinished run of a stage the archive holds finished
+                shutil.copytree(src / stage, dst / stage / row)
+                print(f"[{row}] {stage} restored from {src / stage}", flush=True)
+        for name in ("rfid.json", "times.json"):
+            if (src / "rows" / name).is_file() and not (dst / "rows" / row / name).is_file():
+                (dst / "rows" / row).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / "rows" / name, dst / "rows" / row / name)
+        for kept in sorted((src / "samples").glob("*/fid.json")):
+            run = dst / "samples" / row / kept.parent.name
+            if not (run / "fid.json").is_file():
+                run.mkdir(parents=True, exist_ok=True)
+                for f in kept.parent.iterdir():
+                    shutil.copy2(f, run / f.name)
+
+    PARTIAL = ("config.yaml", "metrics.jsonl", "tokens.json")   # what a resume reads beside the checkpoint
+
+    def _save_partial(self, row: str) -> None:
+        """``<archive>/<row>/<stage>.partial/``: an unfinished stage's newest complete checkpoint and run files."""
+        import shutil
+
+        from edvae_common.runs import list_checkpoints
+
+        for stage in ("stage1", "stage2"):
+            run, keep = self.root / stage / row, self.folder / row / f"{stage}.partial"
+            found = list_checkpoints(run)
+            if (run / "metrics.json").is_file() or not found:
+                shutil.rmtree(keep, ignore_errors=True)   # finished (kept whole by save) or never started
+                continue
+            step, checkpoint = found[-1]
+            tmp = keep.with_name(keep.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint, tmp / "checkpoints" / checkpoint.name)
+            for name in self.PARTIAL:
+                if (run / name).is_file():
+                    shutil.copy2(run / name, tmp / name)
+            shutil.rmtree(keep, ignore_errors=True)
+            tmp.rename(keep)
+            print(f"[{row}] {stage}: checkpoint of step {step} archived in {keep}", flush=True)
+
+    def _restore_partial(self, row: str) -> None:
+        """Put an archived checkpoint back where the stage resumes from it, unless the run folder is further."""
+        import shutil
+
+        from edvae_common.runs import list_checkpoints
+
+        for stage in ("stage1", "stage2"):
+            keep, run = self.folder / row / f"{stage}.partial", self.root / stage / row
+            kept = list_checkpoints(keep)
+            if not kept or (run / "metrics.json").is_file() or (self.folder / row / stage).is_dir():
+                continue
+            have = list_checkpoints(run)
+            if have and have[-1][0] >= kept[-1][0]:
+                continue
+            (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+            shutil.copytree(kept[-1][1], run / "checkpoints" / kept[-1][1].name, dirs_exist_ok=True)
+            for name in self.PARTIAL:
+                if (keep / name).is_file() and not (run / name).is_file():
+                    shutil.copy2(keep / name, run / name)
+            print(f"[{row}] {stage}: resumes from the archived checkpoint of step {kept[-1][0]}", flush=True)
+
+    @staticmethod
+    def _copy(run: Path, out: Path, files: tuple[str, ...], export: str, half: bool = False) -> None:
+        import shutil
+
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in files:
+            if (run / name).is_file():
+                shutil.copy2(run / name, tmp / name)
+        shutil.copytree(run / export, tmp / export)
+        if half:   # fp16 weights: half the size in git; loads back as float32 (Pipeline.from_pretrained, load_prior)
+            from safetensors.torch import load_file, save_file
+
+            weights = tmp / export / "model.safetensors"
+            tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(weights).items()}
+            save_file(tensors, weights, metadata={"format": "pt"})
+        tmp.rename(out)
+
+
+def token_usage(folder: Path) -> dict:
+    """Codes used and perplexity of the training tokens the prior learned from (mirror images included)."""
+    import numpy as np
+
+    from stage2_prior.tokens import Manifest
+
+    manifest = Manifest.load(folder)
+    counts = np.zeros(manifest.tokenizer.codebook_size, np.int64)
+    for name in manifest.splits["train"].shards:
+        counts += np.bincount(np.load(folder / name).reshape(-1), minlength=len(counts))
+    p = counts[counts > 0] / counts.sum()
+    return {"split": "train", "sequences": manifest.splits["train"].count, "codes_used": int((counts > 0).sum()),
+            "perplexity": float(math.exp(-(p * np.log(p)).sum()))}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _fmt(mean: float, std: float | None, digits: int = 1) -> str:
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def significance(rows: list[dict]) -> list[str]:
+    """Which quantizers' FIDs (top-p 0.95) differ by more than their sampling spread, and which do not.
+
+    Per quantizer: the mean over its rows (seeds) of each row's mean FID over sampling seeds, with the spread
+    taken as the larger of the sampling-seed std (pooled over its rows) and the std over training seeds. Two
+    quantizers differ when their means are further apart than twice the larger spread of the two.
+    """
+    per: dict[str, dict] = {}
+    for q in dict.fromkeys(r["quantizer"] for r in rows):
+        mine = [r for r in rows if r["quantizer"] == q]
+        means = [r["sampling"][NUCLEUS.name]["fid_mean"] for r in mine]
+        sampling_stds = [r["sampling"][NUCLEUS.name]["fid_std"] for r in mine if r["sampling"][NUCLEUS.name]["fid_std"]]
+        spread = max([statistics.mean(sampling_stds)] if sampling_stds else [0.0])
+        if len(means) > 1:
+            spread = max(spread, statistics.stdev(means))
+        per[q] = {"fid": statistics.mean(means), "spread": spread, "seeds": len(means)}
+    lines, names = [], sorted(per, key=lambda q: per[q]["fid"])
+    for i, q1 in enumerate(names):
+        for q2 in names[i + 1:]:
+            gap, spread = per[q2]["fid"] - per[q1]["fid"], max(per[q1]["spread"], per[q2]["spread"])
+            verdict = "larger than" if spread > 0 and gap > 2 * spread else "within"
+            lines.append(f"- {q1} ({per[q1]['fid']:.1f}) vs {q2} ({per[q2]['fid']:.1f}): a gap of {gap:.1f}, "
+                         f"{verdict} twice the spread ({2 * spread:.1f})" + (": **significant**" if verdict ==
+                                                                             "larger than" else ": not significant"))
+    return lines
+
+
+def results_markdown(rows: list[dict], command: str, s1: Stage1Config, s2: Stage2Config) -> str:
+    """Mean and spread per quantizer, the per-row details, and what is and is not significant."""
+    b = rows[0]["budget"]
+    lines = [
+        "# Generation comparison: a prior on every quantizer's tokens", "",
+        f"Command: `{command}`", "",
+        f"Budget, the same for every row: tokenizer {b['stage1_steps']} steps at batch {b['stage1_batch']} "
+        f"(width {s1.model.channels}, {s1.data.image_size}x{s1.data.image_size}, data `{s1.data.path}`); prior "
+        f"{b['prior_arch']} `{b['prior_size']}`, {b['prior_steps']} steps at batch {b['prior_batch']}; "
+        f"{b['num_samples']} samples per setting and seed against the held-out images (test_fraction "
+        f"{s1.data.test_fraction}, split_seed {s1.data.split_seed}). FID and KID: `stage2_prior.fid`'s protocol "
+        "(the standard Inception pool features, pytorch-fid preprocessing); KID x 1e3.", "",
+        "| quantizer | seeds | PSNR (dB) | codes used | split perplexity | rFID | prior bits/token | bits/image | "
+        "FID T=1 | FID T=1 top-p 0.95 | KID x1e3 top-p 0.95 | FID / rFID |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for q in dict.fromkeys(r["quantizer"] for r in rows):
+        mine = [r for r in rows if r["quantizer"] == q]
+
+        def col(get, digits=1):
+            return _fmt(*_mean_std([get(r) for r in mine]), digits)
+        lines.append(
+            f"| {q} | {' '.join(str(r['seed']) for r in mine)} | {col(lambda r: r['tokenizer']['psnr'], 2)} | "
+            f"{col(lambda r: r['tokenizer']['codes_used'], 0)} | {col(lambda r: r['tokenizer']['perplexity_split'])} | "
+            f"{col(lambda r: r['tokenizer']['rfid'])} | {col(lambda r: r['prior']['bits_per_token'], 3)} | "
+            f"{col(lambda r: r['prior']['bits_per_image'], 0)} | {col(lambda r: r['sampling'][UNFILTERED.name]['fid_mean'])} | "
+            f"{col(lambda r: r['sampling'][NUCLEUS.name]['fid_mean'])} | "
+            f"{col(lambda r: 1e3 * r['sampling'][NUCLEUS.name]['kid_mean'], 2)} | "
+            f"{col(lambda r: r['sampling'][NUCLEUS.name]['fid_over_rfid'], 2)} |")
+    lines += ["", "Mean ± std over training seeds where a quantizer has several.", "",
+              "## Every row", "",
+              "| row | FID T=1 | FID top-p 0.95 per sampling seed | mean ± std | KID x1e3 (± std over subsets) | "
+              "tokens the prior learned: codes / perplexity | wall time (min) | warnings |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t1, p95 = r["sampling"][UNFILTERED.name], r["sampling"][NUCLEUS.name]
+        kids = ", ".join(f"{1e3 * k:.2f} ± {1e3 * s:.2f}" for k, s in zip(p95["kid"], p95["kid_std_over_subsets"]))
+        lines.append(f"| {r['quantizer']} seed {r['seed']} | {t1['fid_mean']:.1f} | "
+                     f"{', '.join(f'{v:.1f}' for v in p95['fid'])} | {_fmt(p95['fid_mean'], p95['fid_std'])} | {kids} | "
+                     f"{r['tokens']['codes_used']} / {r['tokens']['perplexity']:.1f} | {r['wall_s_total'] / 60:.0f} | "
+                     f"{'; '.join(r['warnings']) or '-'} |")
+    lines += ["", "## Which differences are larger than the spread (FID at top-p 0.95)", "",
+              "Spread of a quantizer: the std of its FID over sampling seeds (and over training seeds where it has "
+              "several), whichever is larger; a gap counts when it exceeds twice the larger spread of the two.", "",
+              *(significance(rows) or ["- one quantizer only: nothing to compare"]), "",
+              "![samples and reconstructions](figure11.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_figure11(cmp: Comparison, rows: list[dict], out: Path) -> Path:
+    """One line per quantizer: the first samples at top-p 0.95 (sampling seed 0), and beside them the
+    reconstructions of the first held-out images (their originals on top), at the paper's layout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from edvae_common.io import to_uint8
+    from stage1_tokenizer import EdVAE
+    from stage2_prior import fid
+
+    n = FIGURE_IMAGES
+    real = fid.open_source(cmp.real, "test", cmp.s1.data.image_size, cmp.s1.data.test_fraction,
+                           cmp.s1.data.split_seed, limit=n)
+    originals = torch.stack([real.dataset[i] for i in range(len(real))])
+
+    def strip(images: np.ndarray) -> np.ndarray:  # (k, H, W, 3) -> (H, k * W, 3)
+        return np.concatenate(list(images), axis=1)
+
+    fig, axes = plt.subplots(len(rows) + 1, 2, figsize=(2 * n * 0.7, 0.75 * (len(rows) + 1)), squeeze=False)
+    axes[0, 0].axis("off")
+    axes[0, 1].imshow(strip(originals.permute(0, 2, 3, 1).numpy()))
+    axes[0, 1].set_title("held-out faces (top) and each tokenizer's reconstructions", fontsize=8)
+    for i, r in enumerate(rows, start=1):
+        row = cmp.row_name(r["quantizer"], r["seed"])
+        shown = cmp.root / "samples" / row / f"{NUCLEUS.name}_seed{cmp.args.sample_seeds[0]}"
+        with np.load(shown / "samples.npz" if (shown / "samples.npz").is_file() else shown / "first.npz") as f:
+            samples = f["images"][:n]
+        tokenizer = EdVAE.from_pretrained(cmp.root / "stage1" / row / "tokenizer").eval()
+        with torch.no_grad():
+            recon = to_uint8(tokenizer.reconstruct(originals.float() / 255.0))
+        axes[i, 0].imshow(strip(samples))
+        axes[i, 1].imshow(strip(recon))
+        p95 = r["sampling"][NUCLEUS.name]
+        axes[i, 0].set_ylabel(f"{r['quantizer']}\nFID {p95['fid_mean']:.0f}", rotation=0, ha="right", va="center",
+                              fontsize=8)
+        axes[i, 1].set_ylabel(f"rFID {r['tokenizer']['rfid']:.0f}", rotation=0, ha="right", va="center", fontsize=8)
+    axes[1, 0].set_title(f"samples ({NUCLEUS.text}), training seed {rows[0]['seed']}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    cmp = Comparison(args)
+    cmp.check()   # refused here, before anything trains: unknown quantizers, wrong configs, another comparison
+    if args.snapshot:
+        if cmp.archive is None:
+            raise ConfigError("--snapshot copies into the --archive folder: pass --archive DIR")
+        for q in args.quantizers:
+            for seed in args.seeds:
+                cmp.archive.save(cmp.row_name(q, seed), partial=True)
+        return cmp.finished_rows()
+    for q in args.quantizers:
+        for seed in args.seeds:
+            cmp.run_row(q, seed)
+    rows = cmp.report()
+    if (cmp.root / "results.md").is_file():
+        print((cmp.root / "results.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
