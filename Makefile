@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/stage1/tiny.yaml
 ARGS ?=
 
-.PHONY: venv app screenshot train tokens prior sample pipeline evaluate test bench clean-venv
+.PHONY: venv app screenshot train tokens prior sample pipeline generator evaluate test bench clean-venv
 STAGE1 ?= runs/stage1/tiny
 STAGE2_CONFIG ?= configs/stage2/tiny.yaml
 TOKENS ?= runs/tokens/tiny
@@ -45,6 +45,10 @@ sample: $(VENV)/.installed  ## sample 16 images: make sample [PRIOR=... STAGE1=.
 	$(PY) -m stage2_prior.sample --prior $(PRIOR)/prior --tokenizer $(STAGE1)/tokenizer --num 16 --out runs/samples/$(notdir $(PRIOR))
 
 pipeline: train tokens prior sample  ## toy end to end on a CPU: tokenizer, tokens, prior, samples
+
+generator: $(VENV)/.installed  ## a generator from your images, into the app: make generator DATA=folder:/my/images NAME=mine [ARGS="--preset tiny"]
+	@test -n "$(DATA)" -a -n "$(NAME)" || { echo "usage: make generator DATA=folder:/my/images NAME=mine [ARGS=\"--preset tiny key=value ...\"] (docs/build.md)"; exit 2; }
+	$(PY) -m stage2_prior.build --data $(DATA) --name $(NAME) --threads $(THREADS) $(ARGS)
 
 test: $(VENV)/.installed  ## run the tests (offline, CPU)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)

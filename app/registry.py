@@ -1,7 +1,10 @@
 """The models the app offers: ``configs/app.yaml`` read strictly, each pair loaded once, absent ones explained.
 
-A model whose tokenizer or prior is not there (or does not load) stays in the list with one line
-saying how to get or train it; the app never fails to start because of one.
+The user registry beside it, ``models.local.yaml`` (gitignored; ``python -m stage2_prior.build`` adds each
+model it builds), is merged into its ``models``: an entry there wins over one of the same name. A model
+whose tokenizer or prior is not there (or does not load) stays in the list with one line saying how to get
+or train it; the app never fails to start because of one. ``model_folder`` reads a model folder (a build's
+output or checkpoints/celeba64: ``tokenizer/`` + ``prior/``) for ``python -m app --model PATH``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from edvae_common.config import check, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "app.yaml"
+LOCAL_REGISTRY = "models.local.yaml"  # beside the registry: the user's own models (stage2_prior.build writes it)
 CUSTOM = "custom"  # the name of a pair given with --tokenizer / --prior
 logger = logging.getLogger("app")
 
@@ -77,8 +81,28 @@ def resolve(path: Optional[str]) -> Optional[str]:
     return path  # 'user/name' that is not a local folder: a Hub id
 
 
+@dataclass
+class LocalRegistry:
+    models: Dict[str, ModelEntry] = field(default_factory=dict)
+
+
 def load_app_config(path: str | Path | None = None) -> AppConfig:
-    return load_config(AppConfig, path or DEFAULT_CONFIG)
+    """The registry (default configs/app.yaml) with the models of ``models.local.yaml`` beside it merged in."""
+    config = load_config(AppConfig, path or DEFAULT_CONFIG)
+    local = Path(path or DEFAULT_CONFIG).with_name(LOCAL_REGISTRY)
+    if local.is_file():
+        config.models.update(load_config(LocalRegistry, local).models)
+    return config
+
+
+def model_folder(path: str | Path) -> tuple[str, str]:
+    """(tokenizer, prior) of a model folder: a build's output folder or any folder with tokenizer/ and prior/."""
+    folder = Path(path).expanduser().resolve()
+    missing = [name for name in ("tokenizer", "prior") if not (folder / name).is_dir()]
+    if missing:
+        raise ValueError(f"--model {path}: no {' or '.join(m + '/' for m in missing)} in it; pass a model folder "
+                         "(a python -m stage2_prior.build output, e.g. runs/build/NAME, or checkpoints/celeba64)")
+    return str(folder / "tokenizer"), str(folder / "prior")
 
 
 def load_model(name: str, entry: ModelEntry, device: Optional[str]) -> AppModel:

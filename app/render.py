@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 
 from edvae_common.io import to_uint8
+
+logger = logging.getLogger("app")
 
 
 def image(tensor: torch.Tensor) -> np.ndarray:
@@ -117,3 +122,47 @@ class Downloads:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sweep_cache(demo, age_s: float) -> int:
+    """Delete this app's files in Gradio's cache (its outputs and uploads) older than ``age_s``; returns how many.
+
+    What ``gr.Blocks(delete_cache=...)`` does, made safe under traffic: Gradio's own sweep (6.x) iterates
+    its live file sets in a worker thread while uploads are added to them, so with steady uploads it
+    stops on "Set changed size during iteration" and never runs again; from then on the cache only grows
+    (measured with benchmarks/bench_app.py). This one iterates a snapshot of each set.
+    """
+    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in list(demo.blocks.values())))
+    now, removed = time.time(), 0
+    for files in list(demo.temp_file_sets):
+        for path in list(files):  # a snapshot (taken without releasing the GIL)
+            if path in keep:
+                continue
+            try:
+                if now - os.lstat(path).st_ctime <= age_s:
+                    continue
+                os.remove(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            files.discard(path)
+    return removed
+
+
+def start_cache_sweeper(demo) -> threading.Thread:
+    """Run ``sweep_cache`` with the Blocks' ``delete_cache`` (frequency, age) in a daemon thread that never stops."""
+    frequency, age = demo.delete_cache
+
+    def loop() -> None:
+        while True:
+            time.sleep(frequency)
+            try:
+                removed = sweep_cache(demo, age)
+                if removed:
+                    logger.info("deleted %d cached files older than %d s", removed, age)
+            except Exception:  # one bad sweep must not end the sweeping
+                logger.exception("sweeping Gradio's cache failed; trying again in %d s", frequency)
+
+    thread = threading.Thread(target=loop, name="cache-sweeper", daemon=True)
+    thread.start()
+    return thread

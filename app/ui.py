@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import gradio as gr
@@ -45,7 +46,10 @@ def _controls(pipe) -> dict:
 
 
 def build_ui(models: dict[str, AppModel], default: str, limits: Limits, handlers: Handlers,
-             examples: list[str]) -> gr.Blocks:
+             examples: list[str], warning: str | None = None,
+             delete_cache: tuple[int, int] = (1800, 3600)) -> gr.Blocks:
+    """The page; ``warning`` (an open server) is shown above everything, ``delete_cache`` is Gradio's
+    (every ``frequency`` s, remove this app's cached files older than ``age`` s)."""
     available = [(m.title, name) for name, m in models.items() if m.available]
     first = models[default].pipeline if default in models and models[default].available else None
     c = _controls(first) if first else dict(temperature=1.0, top_k=0, top_p=1.0, guidance=1.0,
@@ -55,7 +59,9 @@ def build_ui(models: dict[str, AppModel], default: str, limits: Limits, handlers
     reconstruct = user_errors(handlers.reconstruct)
     complete = user_errors(handlers.complete)
 
-    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=delete_cache) as demo:
+        if warning:
+            gr.Markdown(f"**Warning:** {html.escape(warning, quote=False)}", elem_id="open-warning")
         gr.Markdown(f"# {TITLE}\nAn evidential discrete VAE (EdVAE) turns images into tokens; a transformer prior "
                     "writes new token grids. Generate images, see what the tokenizer does to yours, or let the "
                     "prior finish the bottom of a picture.")

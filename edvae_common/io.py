@@ -90,6 +90,27 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     return Path(path)
 
 
+def to_rgb_array(img: Any) -> np.ndarray:
+    """Any PIL image mode -> uint8 RGB (H, W, 3): high bit depths (16-bit, 32-bit, float) scaled, not clipped;
+    transparency composited over white; grayscale and palette images expanded. Used by the stage-1 folder
+    loader and the app's uploads, so training and serving see the same pixels."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        peak = values.max(initial=0)
+        top = 1.0 if mode == "F" and peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
+        gray = np.clip(np.nan_to_num(values) / top, 0, 1)
+        return np.repeat((gray * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info) \
+            or (mode in ("L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
 def load_image(path: str | Path) -> torch.Tensor:
     """Load an image file as a float (3, H, W) tensor in [0, 1] (RGB)."""
     from PIL import Image, UnidentifiedImageError

@@ -138,15 +138,19 @@ def _relative(arg: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- records
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested settings dicts: ``key: old -> new``."""
+    """Human-readable differences between two nested settings dicts: ``key: old -> new``.
+
+    A key that is absent and a key set to None mean the same (not set): a folder made before a config key
+    existed still matches a run that leaves the new key at its default of None.
+    """
     out = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        a, b = old.get(key), new.get(key)
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, name + ".")
         elif a != b:
-            out.append(f"{name}: {a!r} -> {b!r}")
+            out.append(f"{name}: {'<unset>' if key not in old else repr(a)} -> {'<unset>' if key not in new else repr(b)}")
     return out
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edvae_common.io import to_rgb_array as _to_rgb_array  # the stage-1 folder loader converts files the same way
+
 KINDS = ("celeba", "lsun_church", "cifar10", "generic")
 MIN_SIDE = 16                 # smaller images carry too little to reconstruct: refused
 MAX_PIXELS = 100_000_000      # 10,000 x 10,000; larger ones are refused before they are decoded
@@ -85,25 +87,6 @@ def _from_pil(img) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageInputError(f"the image file is damaged or truncated ({err}); re-save it and try again") from None
     return _to_rgb_array(img)
-
-
-def _to_rgb_array(img) -> np.ndarray:
-    """Any PIL mode -> uint8 RGB: high bit depths scaled (not clipped), transparency composited over white."""
-    from PIL import Image
-
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        peak = values.max(initial=0)
-        top = 1.0 if mode == "F" and peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
-        gray = np.clip(np.nan_to_num(values) / top, 0, 1)
-        return np.repeat((gray * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info) \
-            or (mode in ("L", "RGB") and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def _from_array(array: Any) -> np.ndarray:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 1. The pair, the real images (the pair's own resolution) and the feature extractor.
     pipe = Pipeline.from_pretrained(args.tokenizer, args.prior, device=device)
-    real = fid.load_images(args.real, args.real_split, args.test_fraction, args.split_seed)[: args.num]
+    real = _real_images(args, pipe.image_size)
     if real.shape[1:3] != (pipe.image_size, pipe.image_size):
         raise ValueError(f"the real images are {real.shape[1]}x{real.shape[2]}, the pair makes "
                          f"{pipe.image_size}x{pipe.image_size}: pass real images at the pair's resolution")
@@ -120,6 +120,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{out / 'sweep.md'}"})
         logger.info("wrote %s", folder / SAMPLING_FILE)
     return result
+
+
+def _real_images(args: argparse.Namespace, size: int) -> np.ndarray:
+    """uint8 (N, H, W, 3): an .npz or image folder as it is; a ``KIND:PATH`` source (``lsun_church:``,
+    ``folder:``, ...) through stage 1's loader, split and preprocessing at the pair's resolution."""
+    from stage2_prior import fid
+
+    if fid.parse_source(args.real)[0] == "auto":
+        return fid.load_images(args.real, args.real_split, args.test_fraction, args.split_seed)[: args.num]
+    source = fid.open_source(args.real, args.real_split, size, args.test_fraction, args.split_seed, args.num)
+    return np.stack([source.dataset[i].permute(1, 2, 0).numpy() for i in range(len(source))])
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def test_records_refuse_other_settings_other_kinds_and_foreign_folders(tmp_path:
     with pytest.raises(ConfigError, match="no generation comparison wrote|that no generation comparison"):
         Record(tmp_path / "mine", "made.json", "generation comparison").claim({}, "")
     assert not (tmp_path / "mine" / "made.json").exists()
-    assert differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == ["b.c: 2 -> 3", "d: '<unset>' -> 4"]
+    assert differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == ["b.c: 2 -> 3", "d: <unset> -> 4"]
+    assert differences({"a": 1}, {"a": 1, "init_from": None}) == []   # a new key at its default of None
 
 
 def test_a_folder_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from edvae_common.io import to_rgb_array
+
 from ..config import DataConfig
 from .preprocess import Preprocess
 
@@ -93,7 +95,7 @@ class FileDataset(Dataset):
         from PIL import Image
 
         with Image.open(self.files[i]) as img:
-            return self.preprocess(img.convert("RGB"))
+            return self.preprocess(to_rgb_array(img))  # 16-bit scaled, alpha over white: as the app converts uploads
 
 
 class WrappedDataset(Dataset):
