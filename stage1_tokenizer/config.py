@@ -178,6 +178,10 @@ class TrainConfig:
 class Stage1Config:
     output_dir: str = "runs/stage1"
     resume: Optional[str] = None      # 'latest' or a checkpoint folder
+    # an exported tokenizer (folder or Hub id) whose weights start the run instead of a random init, e.g. the fp16
+    # one benchmarks/gpu_check.py brings back (upcast to float32); optimizer and schedules start fresh. Its model.*
+    # settings must be the run's (train.py refuses a mismatch, naming it); a resumed run keeps its own weights.
+    init_from: Optional[str] = None
     eval_codes: str = "argmax"        # how evaluation picks codes: argmax (default) or sample (Algorithm 2)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

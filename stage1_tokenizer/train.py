@@ -8,6 +8,8 @@ Everything is set in the config (see stage1_tokenizer/config.py for every key);
 The run folder (``output_dir``) receives the resolved config, checkpoints,
 TensorBoard logs, reconstruction grids, ``metrics.jsonl`` and, at the end, the
 exported tokenizer in ``output_dir/tokenizer`` (``EdVAE.from_pretrained``).
+``init_from=FOLDER_OR_HUB_ID`` starts from an exported tokenizer's weights
+(``init_tokenizer_from``) instead of a random init.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from tqdm.auto import tqdm
 
 from edvae_common.accel import make_training_accelerator
 from edvae_common.config import flat_hparams, load_config
+from edvae_common.hub import CheckpointError
 from edvae_common.io import save_image_grid, side_by_side, write_json
-from edvae_common.runs import export_atomically, save_checkpoint
+from edvae_common.runs import checkpoint_to_resume, export_atomically, save_checkpoint
 from edvae_common.training import EpochShuffleSampler, TrainState, infinite_batches, micro_batch_size, open_run
 from stage1_tokenizer.collapse import CollapseAlarm
 from stage1_tokenizer.config import Stage1Config
@@ -42,6 +45,8 @@ from stage1_tokenizer.schedules import kl_weight, learning_rate, temperature
 
 logger = logging.getLogger("stage1.train")
 EXPORT_DIR = "tokenizer"
+# model.* settings that only choose initial values, which init_from replaces: they may differ from the source's
+INIT_ONLY = ("conv_bias_init", "vqste_pp_kmeans_init")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +80,28 @@ def make_loaders(cfg: Stage1Config, accelerator: Accelerator):
     return train_loader, test_loaders, sampler, len(train_set), len(test_set)
 
 
+def init_tokenizer_from(model: EdVAE, name_or_path: str) -> None:
+    """Copy the weights (and buffers) of the exported tokenizer ``name_or_path``, a folder or Hub id, into ``model``.
+
+    Continuing training from an export: every model setting but those in INIT_ONLY must equal the source's
+    (its config.json); a mismatch raises a one-line CheckpointError naming each. fp16 weights, as
+    benchmarks/gpu_check.py brings back, are upcast into the float32 model.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]):  # building the source draws random numbers: keep the run's stream
+            source = EdVAE.from_pretrained(name_or_path)
+    except CheckpointError as err:
+        raise CheckpointError(f"init_from='{name_or_path}': {err}") from err
+    mine, theirs = asdict(model.config), asdict(source.config)
+    differ = [f"model.{key}: {theirs[key]} (source) vs {mine[key]} (this run)"
+              for key in mine if key not in INIT_ONLY and mine[key] != theirs[key]]
+    if differ:
+        raise CheckpointError(f"init_from='{name_or_path}' does not fit this run's tokenizer: " + "; ".join(differ)
+                              + ". Set those model.* keys to the source's (its config.json), or drop init_from "
+                              "to start from a random init.")
+    model.load_state_dict(source.state_dict())  # strict; copies into the model's float32 tensors
+
+
 def random_hflip(images: torch.Tensor, seed: int, step: int, micro_step: int, process: int) -> torch.Tensor:
     """Flip each image left-right with probability 1/2; the coin flips depend only on their arguments."""
     generator = torch.Generator().manual_seed(hash((seed, step, micro_step, process)) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -93,8 +120,18 @@ def main(argv: list[str] | None = None) -> Path | None:
     accelerator = make_training_accelerator(run_dir, t.mixed_precision, t.gradient_accumulation_steps, t.tracker,
                                             t.seed)
 
-    # 2. Model, optimizer, data.
+    # 2. Model (random init, or an export's weights), optimizer, data.
     model = EdVAE.from_config(cfg.model)
+    if cfg.init_from:
+        # a resume restores the run's own weights from its checkpoint, as in stage 2: the source is then not read
+        if checkpoint_to_resume(run_dir, cfg.resume) is not None:
+            note = f"resuming: init_from='{cfg.init_from}' is not read"
+        else:
+            init_tokenizer_from(model, cfg.init_from)
+            note = (f"initialised the tokenizer from '{cfg.init_from}' (weights {model.weights_hash()[:12]}); "
+                    "optimizer and schedules start fresh")
+        if accelerator.is_main_process:
+            logger.info(note)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
