@@ -5,7 +5,7 @@
         --seeds 42 --out runs/compare/celeba64 [s1.key=value ...] [s2.key=value ...]
 
 For each (quantizer, seed), in ``--out``, each stage the project's own script as a child process
-(``accelerate launch`` with ``--num-processes``):
+(``accelerate launch`` with ``--processes``):
 
 1. ``stage1/<row>``: the tokenizer, trained with ``stage1_tokenizer.compare``'s settings (same budget for
    all, the paper's KL weight per quantizer; ``--beta NAME=VALUE`` changes one);
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--real", default=None,
                    help="held-out images for FID (default: stage 1's data and held-out split)")
     p.add_argument("--fid-weights", default=None, help="TorchScript FID extractor (default: the standard Inception)")
-    p.add_argument("--num-processes", type=int, default=1, help="processes per stage (accelerate launch)")
+    p.add_argument("--processes", type=int, default=1, help="processes per stage (accelerate launch; GPUs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: Accelerate's)")
     p.add_argument("--figure-seed", type=int, default=None, help="the training seed shown in figure11.png")
     p.add_argument("--archive", default=None, metavar="DIR",
@@ -137,7 +137,7 @@ class Comparison:
         self.s2 = load_config(Stage2Config, args.stage2, args.s2)
         self.betas = stage1_compare.betas(self.s1, args.beta)
         self.real = args.real or real_source(self.s1)
-        self.launcher = Launcher(args.num_processes, args.threads, self.root / "logs", quiet=args.quiet)
+        self.launcher = Launcher(args.processes, args.threads, self.root / "logs", quiet=args.quiet)
         self.archive = Archive(Path(args.archive), self.root) if args.archive else None
 
     # -------------------------------------------------------------------------------------------- checks
@@ -149,13 +149,10 @@ class Comparison:
         if self.s2.model.class_conditional:
             raise ConfigError(f"'{self.args.stage2}' trains a class-conditional prior; the comparison samples "
                               "unconditionally: use an unconditional stage-2 config (model.class_conditional=false)")
-        grid = self.s1.data.image_size // 4
-        if self.s1.data.image_size % 4:
-            raise ConfigError(f"stage 1's data.image_size {self.s1.data.image_size} is not a multiple of 4: the "
-                              "tokenizer's grid would not cover the image")
+        if self.args.processes < 1 or (self.args.threads is not None and self.args.threads < 1):
+            raise ConfigError("--processes and --threads must be at least 1")
         if self.args.num_samples < 4 or any(s < 0 for s in self.args.sample_seeds):
             raise ConfigError("--num-samples must be at least 4 and the sample seeds non-negative")
-        self.grid = (grid, grid)
         settings = {"stage1": _defining(self.s1, PER_RUN_STAGE1), "stage2": _defining(self.s2, PER_RUN_STAGE2),
                     "betas": self.betas, "real": self.real, "num_samples": self.args.num_samples,
                     "sample_seeds": self.args.sample_seeds, "sample_batch_size": self.args.sample_batch_size,
