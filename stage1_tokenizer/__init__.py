@@ -24,6 +24,7 @@ from .quantizers import QUANTIZERS, EdVAEQuantizer
 # name -> submodule, imported when the name is first used
 _LAZY = {
     "DataNotFoundError": "data", "Preprocess": "data", "build_dataset": "data", "held_out_split": "data",
+    "IMAGE_EXTENSIONS": "data.sources", "detect_source": "data.sources",
     "EvalResult": "metrics", "evaluate_tokenizer": "metrics", "psnr_from_mse": "metrics", "perplexity": "metrics",
     "code_counts": "metrics", "codes_used": "metrics", "per_image_mse": "metrics",
     "UNCERTAINTY_REFERENCE_FILE": "uncertainty", "mean_uncertainty_quantiles": "uncertainty",
@@ -31,9 +32,13 @@ _LAZY = {
     "percentile_of": "uncertainty", "read_uncertainty_reference": "uncertainty",
     "write_uncertainty_reference": "uncertainty",
 }
+# public submodules: the quantizer comparison (stage2_prior.compare trains its tokenizers with its settings)
+_SUBMODULES = ("compare",)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from . import compare
     from .data import DataNotFoundError, Preprocess, build_dataset, held_out_split
+    from .data.sources import IMAGE_EXTENSIONS, detect_source
     from .metrics import (EvalResult, code_counts, codes_used, evaluate_tokenizer, per_image_mse, perplexity,
                           psnr_from_mse)
     from .uncertainty import (UNCERTAINTY_REFERENCE_FILE, mean_uncertainty_quantiles, per_image_mean_uncertainty,
@@ -42,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -50,9 +57,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = ["DATASETS", "PAPER_BETA", "QUANTIZERS", "TRAINING_DATA_FILE", "DataConfig", "EdVAE", "EdVAEQuantizer",
            "LossTerms", "ModelConfig", "Stage1Config", "TokenizerAnalysis", "TokenizerOutput", "TrainConfig",
-           "dirichlet_kl_per_position", "kl_dirichlet_uniform", "stage1_loss", *_LAZY]
+           "dirichlet_kl_per_position", "kl_dirichlet_uniform", "stage1_loss", *_LAZY, *_SUBMODULES]

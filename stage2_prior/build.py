@@ -145,7 +145,7 @@ def prior_overrides(b: Build) -> list[str]:
 
 def resolve_configs(b: Build) -> None:
     """The two training configs, resolved and checked by the stages' own schemas (a bad key stops here)."""
-    from stage1_tokenizer.config import Stage1Config
+    from stage1_tokenizer import Stage1Config
     from stage2_prior.config import Stage2Config
 
     b.tok_cfg = load_config(Stage1Config, PROJECT_ROOT / b.preset.tokenizer_config, tokenizer_overrides(b))

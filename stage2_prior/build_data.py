@@ -58,7 +58,7 @@ def _names(paths: list[Path], root: Path | None = None, n: int = 5) -> str:
 
 def parse_source(text: str) -> Source:
     """``KIND:PATH`` (cifar10, celeba, lsun_church, npz, folder, hf) or a bare path / Hub id (kind detected)."""
-    from stage1_tokenizer.data.sources import DataNotFoundError, detect_source
+    from stage1_tokenizer import DataNotFoundError, detect_source
     from stage2_prior.fid import parse_source as split
 
     kind, path = split(text)
@@ -92,7 +92,7 @@ def scan(source: Source) -> Scan:
 def _scan_folder(root: Path) -> Scan:
     from PIL import Image
 
-    from stage1_tokenizer.data.sources import IMAGE_EXTENSIONS
+    from stage1_tokenizer import IMAGE_EXTENSIONS
 
     if not root.is_dir():
         raise ConfigError(f"the image folder '{root}' does not exist: check the path after folder:")
@@ -201,8 +201,7 @@ class Splits:
 
 def check_splits(data_cfg, batches: dict[str, int]) -> Splits:
     """Open both splits with stage 1's loaders, decode images through them, and check the batch sizes fit."""
-    from stage1_tokenizer.data import build_dataset
-    from stage1_tokenizer.data.sources import DataNotFoundError
+    from stage1_tokenizer import DataNotFoundError, build_dataset
 
     where = f"{data_cfg.dataset}:{data_cfg.path}"
     try:

@@ -64,8 +64,7 @@ def tokenizer_step_seconds(cfg) -> float:
     """Seconds per optimizer step of the stage-1 config ``cfg`` (a Stage1Config), measured here."""
     import torch
 
-    from stage1_tokenizer.loss import stage1_loss
-    from stage1_tokenizer.model import EdVAE
+    from stage1_tokenizer import EdVAE, stage1_loss
 
     dev, t = device(), cfg.train
     model = EdVAE.from_config(cfg.model).to(dev).train()
@@ -90,7 +89,7 @@ def prior_step_seconds(cfg, tok_cfg) -> tuple[float, float]:
     ``cfg`` on the tokens of the stage-1 config ``tok_cfg``, measured here."""
     import torch
 
-    from stage1_tokenizer.model import EdVAE
+    from stage1_tokenizer import EdVAE
     from stage2_prior.model import PriorSpec, build_prior
     from stage2_prior.tokens import TokenizerFingerprint
 

@@ -41,9 +41,8 @@ from typing import Any
 from edvae_common.cli import run_cli
 from edvae_common.config import ConfigError, load_config, to_dict
 from edvae_common.io import atomic_write_text, read_json, save_figure, write_json
-from stage1_tokenizer import QUANTIZERS
+from stage1_tokenizer import QUANTIZERS, Stage1Config
 from stage1_tokenizer import compare as stage1_compare
-from stage1_tokenizer.config import Stage1Config
 from stage2_prior.config import Stage2Config
 from stage2_prior.driver import FolderLock, Launcher, Record, write_stage_time
 
