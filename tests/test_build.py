@@ -29,7 +29,7 @@ from PIL import Image
 from edvae_common.config import ConfigError
 from edvae_common.io import read_json
 from edvae_common.runs import list_checkpoints
-from tests.conftest import CELEBA_NPZ, CIFAR_NPZ, ROOT
+from tests.conftest import CIFAR_NPZ, ROOT
 
 SECTIONS = ["What it is", "Data", "How it was trained (commands, configs, wall time)",
             "Metrics on the {n} held-out images", "What it is not", "Files"]
@@ -122,16 +122,9 @@ def cifar_build(home) -> dict:
 def lsun_build(home, cifar_build) -> dict:
     """The tiny preset on an lsun_church: source: the LSUN-format LMDB fixture of tests/test_lsun_church.py."""
     pytest.importorskip("lmdb")
-    if not CELEBA_NPZ.is_file():
-        pytest.skip(f"real images for the LSUN-format fixture not present at {CELEBA_NPZ}")
-    from tests.test_lsun_church import write_lsun_lmdb
+    from tests.test_lsun_church import write_lsun_fixture
 
-    with np.load(CELEBA_NPZ) as f:
-        images = f["images"][:44]
-    root = home / "lsun"
-    root.mkdir()
-    write_lsun_lmdb(root / "church_outdoor_train_lmdb", images[:36], "train")
-    write_lsun_lmdb(root / "church_outdoor_val_lmdb", images[36:], "val")
+    root = write_lsun_fixture(home / "lsun", n_train=36, n_val=8)
     out = home / "out_churches"
     args = build_args(f"lsun_church:{root}", "churches", out, home / "models.local.yaml", str(home / "features.pt"),
                       "decoder=off", "fid.num=8", "sweep.num=8")

@@ -169,17 +169,9 @@ def test_the_church_comparison_runs_on_the_lsun_fixture(setup: dict, tmp_path: P
     """Figure 12's command (configs/stage1/lsun_church.yaml + configs/stage2/lsun_church.yaml) at toy size on the
     LSUN-format LMDBs: 128 x 128, first kernel 7, 1,024 tokens, a Llama prior, FID against the val LMDB."""
     pytest.importorskip("lmdb", reason="the 'lmdb' package (dev / lsun extra) is not installed")
-    from tests.conftest import CELEBA_NPZ
-    from tests.test_lsun_church import write_lsun_lmdb
+    from tests.test_lsun_church import write_lsun_fixture
 
-    if not CELEBA_NPZ.is_file():
-        pytest.skip(f"real images for the LSUN-format fixture not present at {CELEBA_NPZ}")
-    with np.load(CELEBA_NPZ) as f:
-        images = f["images"][:16]
-    lsun = tmp_path / "lsun"
-    lsun.mkdir()
-    write_lsun_lmdb(lsun / "church_outdoor_train_lmdb", images[:12], "train")
-    write_lsun_lmdb(lsun / "church_outdoor_val_lmdb", images[12:], "val")
+    lsun = write_lsun_fixture(tmp_path / "lsun", n_train=12, n_val=4)
     monkeypatch.setenv("EDVAE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "churches"
     rows = compare.main([

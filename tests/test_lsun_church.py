@@ -47,6 +47,19 @@ def write_lsun_lmdb(folder: Path, images: np.ndarray, salt: str) -> list[bytes]:
     return keys
 
 
+def write_lsun_fixture(root: Path, n_train: int, n_val: int) -> Path:
+    """``root`` with LSUN's two church LMDBs of real photographs (the developer CelebA sample): n_train + n_val
+    images; skips the test where those photographs are absent."""
+    if not CELEBA_NPZ.is_file():
+        pytest.skip(f"real images for the LSUN-format fixture not present at {CELEBA_NPZ}")
+    with np.load(CELEBA_NPZ) as f:
+        images = f["images"][: n_train + n_val]
+    root.mkdir(parents=True, exist_ok=True)
+    write_lsun_lmdb(root / "church_outdoor_train_lmdb", images[:n_train], "train")
+    write_lsun_lmdb(root / "church_outdoor_val_lmdb", images[n_train:], "val")
+    return root
+
+
 @pytest.fixture(scope="module")
 def lsun_root(tmp_path_factory) -> tuple[Path, dict]:
     if not CELEBA_NPZ.is_file():
