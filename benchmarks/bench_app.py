@@ -44,14 +44,14 @@ import secrets  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from app.process import AppProcess  # noqa: E402
 
 HEADING = "## App under load: `bench_app.py`"
 KINDS = ("generate", "reconstruct", "complete", "bad upload")
@@ -70,14 +70,6 @@ USER = "bench"
 
 
 # ---------------------------------------------------------------------------- the server
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def memory_mib(pid: int) -> dict[str, float]:
     """Resident memory of a process (Linux /proc), MiB: ``rss`` in all, ``anon`` (heap: what requests could
     leak) and ``file`` (pages of the libraries and weights mapped from disk, paged in as code paths are first used)."""
@@ -105,36 +97,20 @@ def folder_stats(folder: Path, exempt: set[Path] = frozenset()) -> tuple[int, in
     return size, count, now - oldest
 
 
-class Server:
-    """``python -m app`` on 127.0.0.1 with a private cache and temporary folder and random credentials."""
+class Server(AppProcess):
+    """``python -m app`` on 127.0.0.1 (app.process.AppProcess) with a private cache and temporary folder and
+    random credentials."""
 
     def __init__(self, work: Path, app_args: list[str], threads: int, keep_minutes: int):
-        self.cache, self.tmp, self.log = work / "gradio_cache", work / "tmp", work / "server.log"
+        self.cache, self.tmp = work / "gradio_cache", work / "tmp"
         self.cache.mkdir()
         self.tmp.mkdir()
         self.password = secrets.token_urlsafe(12)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
         self.keep_s = keep_minutes * 60
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "GRADIO_TEMP_DIR": str(self.cache),
-               "TMPDIR": str(self.tmp), "EDVAE_APP_AUTH": f"{USER}:{self.password}", "PYTHONPATH": str(ROOT)}
-        env.pop("EDVAE_APP_AUTH_FILE", None)
-        cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--keep-files", str(keep_minutes), *app_args]
-        self.command = cmd
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=5):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the app did not answer within 600 s:\n{self.log.read_text()[-3000:]}")
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "GRADIO_TEMP_DIR": str(self.cache),
+               "TMPDIR": str(self.tmp), "EDVAE_APP_AUTH": f"{USER}:{self.password}", "EDVAE_APP_AUTH_FILE": None}
+        super().__init__(["--host", "127.0.0.1", "--keep-files", str(keep_minutes), *app_args], work / "server.log",
+                         env=env, timeout=600)
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -145,15 +121,6 @@ class Server:
 
     def rss(self) -> float | None:
         return self.memory().get("rss")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ---------------------------------------------------------------------------- the clients

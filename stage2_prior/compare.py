@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "a training stage that has not finished (to move a comparison to another machine, or "
                         "before a session ends), then stop; nothing trains")
     p.add_argument("--quiet", action="store_true", help="stage output to the logs only (<out>/logs/)")
+    p.add_argument("--status", action="store_true",
+                   help="train nothing: print where each row stands (run folder and archive; STATUS.md in the "
+                        "archive), and write the tables and figure of the rows finished in the run folder")
     p.epilog = "s1.KEY=VALUE / s2.KEY=VALUE overrides (anywhere on the line) apply to every tokenizer / prior"
     argv = list(sys.argv[1:] if argv is None else argv)
     is_override = [a.startswith(("s1.", "s2.")) and "=" in a for a in argv]
@@ -140,8 +143,9 @@ class Comparison:
         self.archive = Archive(Path(args.archive), self.root) if args.archive else None
 
     # -------------------------------------------------------------------------------------------- checks
-    def check(self) -> None:
-        """Everything that can be refused before anything trains."""
+    def check(self, claim: bool = True) -> None:
+        """Everything that can be refused before anything trains; ``claim=False`` checks an existing folder's
+        record but writes none (``--status`` changes nothing)."""
         unknown = [q for q in self.args.quantizers if q not in QUANTIZERS]
         if unknown:
             raise ConfigError(f"unknown quantizer(s) {', '.join(unknown)}; available: {', '.join(QUANTIZERS)}")
@@ -156,8 +160,10 @@ class Comparison:
                     "betas": self.betas, "real": self.real, "num_samples": self.args.num_samples,
                     "sample_seeds": self.args.sample_seeds, "sample_batch_size": self.args.sample_batch_size,
                     "fid_weights": self.args.fid_weights}
-        self.record = Record(self.root, "compare.json", "generation comparison").claim(
-            settings, "Use the settings it was made with (see its compare.json), or another --out.")
+        record = Record(self.root, "compare.json", "generation comparison")
+        if claim or record.path.is_file():
+            self.record = record.claim(settings, "Use the settings it was made with (see its compare.json), or "
+                                                 "another --out.")
 
     # -------------------------------------------------------------------------------------------- stages
     def row_name(self, quantizer: str, seed: int) -> str:
@@ -221,6 +227,8 @@ class Comparison:
                     "stage2_prior.fid", [*fid_common, "--fake", str(out), "--out", str(out / "fid.json")]))
         results = self.row_results(quantizer, seed, row)
         write_json(row_dir / "results.json", results)
+        if self.archive is not None:
+            self.archive.save(row)   # the row's results too, so that a clone's --status and tables have them
         return results
 
     # -------------------------------------------------------------------------------------------- one row
@@ -310,7 +318,7 @@ class Archive:
             self._copy(s1, dst / "stage1", self.STAGE1, export="tokenizer")
         if (s2 / "prior").is_dir() and (s2 / "metrics.json").is_file() and not (dst / "stage2").is_dir():
             self._copy(s2, dst / "stage2", self.STAGE2, export="prior", half=True)
-        for name in ("rfid.json", "times.json"):
+        for name in ("rfid.json", "times.json", "results.json"):
             if (src / "rows" / row / name).is_file():
                 (dst / "rows").mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / "rows" / row / name, dst / "rows" / name)
@@ -565,17 +573,34 @@ def plot_figure11(cmp: Comparison, rows: list[dict], out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def write_status(cmp: Comparison) -> str:
+    """Every requested row's state as a table, printed and (with ``--archive``) kept in its STATUS.md."""
+    from stage2_prior.compare_status import row_status, status_markdown
+
+    text = status_markdown(cmp, [row_status(cmp, q, seed) for q in cmp.args.quantizers for seed in cmp.args.seeds])
+    if cmp.archive is not None:
+        cmp.archive.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cmp.archive.folder / "STATUS.md", text)
+    print(text, flush=True)
+    return text
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     cmp = Comparison(args)
-    cmp.check()   # refused here, before anything trains: unknown quantizers, wrong configs, another comparison
+    # refused here, before anything trains: unknown quantizers, wrong configs, another comparison
+    cmp.check(claim=not args.status)
     if args.snapshot:
         if cmp.archive is None:
             raise ConfigError("--snapshot copies into the --archive folder: pass --archive DIR")
         for q in args.quantizers:
             for seed in args.seeds:
                 cmp.archive.save(cmp.row_name(q, seed), partial=True)
+        write_status(cmp)
         return cmp.finished_rows()
+    if args.status:
+        write_status(cmp)
+        return cmp.report() if (cmp.root / "rows").is_dir() else []
     for q in args.quantizers:
         for seed in args.seeds:
             cmp.run_row(q, seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.process import AppProcess
 from edvae_common.io import write_json
 from stage1_tokenizer.config import DataConfig
 from stage1_tokenizer.model import TRAINING_DATA_FILE, EdVAE
@@ -56,14 +57,6 @@ def face_like(size: int = 48, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- a launched app
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_registry(path: Path, models: dict[str, dict], default: str, **limits) -> Path:
     """An app registry (configs/app.yaml layout) for tests."""
     import yaml
@@ -72,46 +65,8 @@ def write_registry(path: Path, models: dict[str, dict], default: str, **limits) 
     return path
 
 
-class AppServer:
-    """``python -m app ...`` in a subprocess on a free port; ``url`` once it answers, ``stop()`` ends it."""
+class AppServer(AppProcess):
+    """``python -m app --device cpu ...`` at one torch thread (app.process.AppProcess), as the tests run it."""
 
     def __init__(self, args: list[str], log: Path, timeout: float = 300.0):
-        import os
-        import subprocess
-        import sys
-        import time
-        import urllib.request
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-               "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(self.port), "--device", "cpu", *args],
-                                     cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the app did not answer within {timeout:.0f} s:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(["--device", "cpu", *args], log, env={"OMP_NUM_THREADS": "1"}, timeout=timeout)

@@ -12,7 +12,8 @@ import pytest
 import app.registry
 from app.__main__ import main
 from app.access import AUTH_ENV, AUTH_FILE_ENV, is_loopback
-from tests.pipeline_helpers import ROOT, free_port
+from app.process import free_port
+from tests.pipeline_helpers import ROOT
 
 HAS_CUDA = __import__("torch").cuda.is_available()
 HAS_MPS = __import__("torch").backends.mps.is_available()

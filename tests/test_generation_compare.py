@@ -86,6 +86,17 @@ def test_compare_runs_every_stage_and_reports(setup: dict) -> None:
     compare.main(argv(setup, out, "--quantizers", "edvae", "dvae"))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # --status trains nothing and tells each row's state; a row a driver holds says so
+    from stage2_prior.driver import FolderLock
+
+    with FolderLock(out / "rows" / "dvae_seed1") as lock:
+        assert lock.acquire()
+        compare.main(argv(setup, out, "--quantizers", "edvae", "dvae", "--archive", str(archive), "--status"))
+    status = (archive / "STATUS.md").read_text()
+    assert re.search(r"\| edvae_seed1 \| finished \(3 steps\) \| [\d.]+ / \d+ / [\d.]+ \| finished \(4 steps\) \|", status)
+    assert re.search(rf"\| dvae_seed1 \|.*\| 2 of 2 \|.*\| driver pid {os.getpid()} working \|", status)
+    assert "| finished |" in status.splitlines()[6] and "2 of 2 rows finished." in status
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # the archive (for git) holds each row's finished stages: the tokenizer in fp32, the prior in fp16 ...
     import torch
     from safetensors.torch import load_file
@@ -98,8 +109,12 @@ def test_compare_runs_every_stage_and_reports(setup: dict) -> None:
     assert {v.dtype for v in load_file(kept / "stage2" / "prior" / "model.safetensors").values()} == {torch.float16}
     prior, _ = load_prior(kept / "stage2" / "prior")
     assert next(prior.parameters()).dtype == torch.float32
-    # ... and a fresh folder (a fresh clone) resumes from it: no tokenizer, prior, sampling or FID run again
+    # ... a fresh clone's --status reads it without writing a run folder ...
     fresh = setup["folder"] / "fresh"
+    compare.main(argv(setup, fresh, "--quantizers", "edvae", "dvae", "--archive", str(archive), "--status"))
+    assert not fresh.exists() and (archive / "edvae_seed1" / "rows" / "results.json").is_file()
+    assert (archive / "STATUS.md").read_text().count("finished (3 steps) in the archive") == 2
+    # ... and a fresh folder resumes from it: no tokenizer, prior, sampling or FID run again
     again = compare.main(argv(setup, fresh, "--quantizers", "edvae", "dvae", "--archive", str(archive)))
     assert [r["sampling"]["t1_p095"]["fid"] for r in again] == [r["sampling"]["t1_p095"]["fid"] for r in rows]
     assert [r["tokenizer"] for r in again] == [r["tokenizer"] for r in rows]
@@ -129,6 +144,9 @@ def test_a_kill_during_the_prior_resumes_without_retraining_the_tokenizer(setup:
     compare.main(argv(setup, out, "--quantizers", "vqvae_ema", "--archive", str(archive), "--snapshot", prior_steps=60))
     kept = archive / "vqvae_ema_seed1"
     assert (kept / "stage1" / "tokenizer").is_dir() and any((kept / "stage2.partial" / "checkpoints").glob("step_*"))
+    # its STATUS.md: the tokenizer finished, the prior at a checkpoint a rerun resumes from, no driver on the row
+    assert re.search(r"\| vqvae_ema_seed1 \| finished \(3 steps\) \|.*\| step \d+ of 60, checkpoint \d+ \| - \|"
+                     r".*\| 0 of 2 \|.*\| waiting \|", (archive / "STATUS.md").read_text())
     moved_rows = compare.main(argv(setup, moved, "--quantizers", "vqvae_ema", "--archive", str(archive),
                                    prior_steps=60))
     assert not (moved / "logs" / "vqvae_ema_seed1.tokenizer.log").exists()       # restored, not retrained
