@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     given = [a for a, o in zip(argv, is_override) if o]
     args.s1 = [a[3:] for a in given if a.startswith("s1.")]
     args.s2 = [a[3:] for a in given if a.startswith("s2.")]
-    args.command = "python -m stage2_prior.compare " + " ".join(argv)
+    # the comparison's command, as the tables show it (without the flags that only report or archive)
+    args.command = "python -m stage2_prior.compare " + " ".join(a for a in argv if a not in ("--status", "--snapshot"))
     return args
 
 
@@ -468,9 +469,13 @@ def significance(rows: list[dict]) -> list[str]:
         for q2 in names[i + 1:]:
             gap, spread = per[q2]["fid"] - per[q1]["fid"], max(per[q1]["spread"], per[q2]["spread"])
             verdict = "larger than" if spread > 0 and gap > 2 * spread else "within"
+            single = [q for q in (q1, q2) if per[q]["seeds"] == 1]
+            caveat = ("" if not single else f" (sampling seeds only: {' and '.join(single)} "
+                      f"{'has' if len(single) == 1 else 'have'} one training seed, whose spread is not in it)")
             lines.append(f"- {q1} ({per[q1]['fid']:.1f}) vs {q2} ({per[q2]['fid']:.1f}): a gap of {gap:.1f}, "
                          f"{verdict} twice the spread ({2 * spread:.1f})" + (": **significant**" if verdict ==
-                                                                             "larger than" else ": not significant"))
+                                                                             "larger than" else ": not significant")
+                         + caveat)
     return lines
 
 
@@ -545,10 +550,11 @@ def plot_figure11(cmp: Comparison, rows: list[dict], out: Path) -> Path:
     def strip(images: np.ndarray) -> np.ndarray:  # (k, H, W, 3) -> (H, k * W, 3)
         return np.concatenate(list(images), axis=1)
 
-    fig, axes = plt.subplots(len(rows) + 1, 2, figsize=(2 * n * 0.7, 0.75 * (len(rows) + 1)), squeeze=False)
+    # each strip of n images gets n x 1 inches, so every picture is shown at the same size (100 dpi: ~1.5x)
+    fig, axes = plt.subplots(len(rows) + 1, 2, figsize=(2 * n + 2.4, 1.25 * (len(rows) + 1)), squeeze=False)
     axes[0, 0].axis("off")
     axes[0, 1].imshow(strip(originals.permute(0, 2, 3, 1).numpy()))
-    axes[0, 1].set_title("held-out faces (top) and each tokenizer's reconstructions", fontsize=8)
+    axes[0, 1].set_title("held-out faces (top) and each tokenizer's reconstructions", fontsize=11)
     for i, r in enumerate(rows, start=1):
         row = cmp.row_name(r["quantizer"], r["seed"])
         shown = cmp.root / "samples" / row / f"{NUCLEUS.name}_seed{cmp.args.sample_seeds[0]}"
@@ -561,15 +567,16 @@ def plot_figure11(cmp: Comparison, rows: list[dict], out: Path) -> Path:
         axes[i, 1].imshow(strip(recon))
         p95 = r["sampling"][NUCLEUS.name]
         axes[i, 0].set_ylabel(f"{r['quantizer']}\nFID {p95['fid_mean']:.0f}", rotation=0, ha="right", va="center",
-                              fontsize=8)
-        axes[i, 1].set_ylabel(f"rFID {r['tokenizer']['rfid']:.0f}", rotation=0, ha="right", va="center", fontsize=8)
-    axes[1, 0].set_title(f"samples ({NUCLEUS.text}), training seed {rows[0]['seed']}", fontsize=8)
+                              fontsize=11)
+        axes[i, 1].set_ylabel(f"rFID {r['tokenizer']['rfid']:.0f}", rotation=0, ha="right", va="center", fontsize=11)
+    axes[1, 0].set_title(f"samples ({NUCLEUS.text}), training seed {rows[0]['seed']}", fontsize=11)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=1.2 / (2 * n + 2.4), right=0.995, top=1 - 0.3 / (1.25 * (len(rows) + 1)), bottom=0.01,
+                        wspace=1.0 / n, hspace=0.3)
     return save_figure(fig, out)
 
 

@@ -209,3 +209,20 @@ def test_the_church_comparison_runs_on_the_lsun_fixture(setup: dict, tmp_path: P
     assert "church_outdoor_val_lmdb" in fid_run["real"]["split_rule"]
     assert rows[0]["prior"]["bits_per_image"] == pytest.approx(1024 * rows[0]["prior"]["bits_per_token"])
     assert (out / "figure11.png").is_file()
+
+
+def test_significance_counts_a_gap_beyond_twice_the_spread_and_names_single_training_seeds() -> None:
+    def row(quantizer: str, seed: int, fids: list[float]) -> dict:
+        import statistics
+
+        return {"quantizer": quantizer, "seed": seed, "sampling": {"t1_p095": {
+            "fid_mean": statistics.mean(fids), "fid_std": statistics.stdev(fids)}}}
+
+    one_seed = compare.significance([row("edvae", 42, [100, 101, 102]), row("dvae", 42, [110, 111, 112])])
+    assert len(one_seed) == 1 and "gap of 10.0, larger than twice the spread (2.0): **significant**" in one_seed[0]
+    assert "edvae and dvae have one training seed" in one_seed[0]
+    # a second training seed 15 points away: the training-seed spread (10.6) swallows the gap
+    two_seeds = compare.significance([row("edvae", 42, [100, 101, 102]), row("edvae", 1773, [115, 116, 117]),
+                                      row("dvae", 42, [120, 121, 122]), row("dvae", 1773, [120, 121, 122])])
+    assert "edvae (108.5) vs dvae (121.0): a gap of 12.5, within twice the spread (21.2): not significant" \
+           in two_seeds[0] and "one training seed" not in two_seeds[0]
