@@ -34,8 +34,7 @@ from edvae_common.config import ConfigError, load_config
 from edvae_common.io import read_json, write_json
 from edvae_common.runs import list_checkpoints
 from stage2_prior import build_data, build_plan, presets
-from stage2_prior.driver import (PROJECT_ROOT, FolderLock, Launcher, Record, StageFailed, differences, shown,
-                                 write_stage_time)
+from stage2_prior.driver import PROJECT_ROOT, FolderLock, Launcher, Record, StageFailed, differences, shown
 
 STAGES = ("tokenizer", "decoder", "tokens", "prior", "sweep", "samples", "evaluate", "fid")
 DEFAULT_REGISTRY = PROJECT_ROOT / "configs" / "models.local.yaml"   # app/registry.py merges it into configs/app.yaml
@@ -325,8 +324,7 @@ def run_stages(b: Build, stages: list[Stage], launcher: Launcher) -> bool:
         # every command, recorded before it starts (a killed or failed run too), goes into the model card
         commands = read_json(b.out / "commands.json") if (b.out / "commands.json").is_file() else []
         write_json(b.out / "commands.json", [*commands, {"stage": s.name, "command": shown(s.command)}])
-        seconds = launcher.run(s.name, s.command)
-        write_stage_time(b.out / "times.json", s.name, seconds)
+        launcher.run(s.name, s.command, times=b.out / "times.json")   # its wall time, kept while it runs too
         if not s.done():
             raise StageFailed(f"stage '{s.name}' ended without its final outputs; its log is {b.out / 'logs' / s.name}.log")
         ran = True

@@ -44,7 +44,7 @@ from edvae_common.io import atomic_write_text, read_json, save_figure, write_jso
 from stage1_tokenizer import QUANTIZERS, Stage1Config
 from stage1_tokenizer import compare as stage1_compare
 from stage2_prior.config import Stage2Config
-from stage2_prior.driver import FolderLock, Launcher, Record, write_stage_time
+from stage2_prior.driver import FolderLock, Launcher, Record
 
 PER_RUN_STAGE1 = ("output_dir", "resume", "model.quantizer", "train.seed", "train.beta_max", "train.final_eval")
 PER_RUN_STAGE2 = ("output_dir", "resume", "data.tokens", "tokenizer", "train.seed", "init_from")
@@ -171,11 +171,10 @@ class Comparison:
         return stage1_compare.run_name(quantizer, seed)
 
     def stage(self, name: str, row: str, done: bool, command: list[str]) -> None:
-        """Run ``command`` unless ``done``; its wall time goes into the row's times.json."""
+        """Run ``command`` unless ``done``; its wall time goes into the row's times.json (while it runs too)."""
         if done:
             return
-        seconds = self.launcher.run(f"{row}.{name}", command)
-        write_stage_time(self.root / "rows" / row / "times.json", name, seconds)
+        self.launcher.run(f"{row}.{name}", command, times=self.root / "rows" / row / "times.json", key=name)
         if self.archive is not None:
             self.archive.save(row)
 

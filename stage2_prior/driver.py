@@ -43,6 +43,7 @@ class Launcher:
     log_dir: Path | None = None         # each stage's output goes to <log_dir>/<name>.log as well as the console
     quiet: bool = False                 # only the log file, not the console (tests)
     commands: list[str] = field(default_factory=list)  # every command run, in order (for the report / model card)
+    heartbeat_s: float = 30.0           # how often a running stage's time so far is written to its times.json
 
     def _launch(self) -> list[str]:
         """``accelerate launch`` and its options: processes, threads, on CPU or the GPUs that are there."""
@@ -67,8 +68,17 @@ class Launcher:
         """``python -m MODULE`` for a stage that runs in one process (FID, sweeps)."""
         return [sys.executable, "-m", module, *args]
 
-    def run(self, name: str, command: list[str]) -> float:
-        """Run one stage to its end; returns its wall time in seconds, raises :class:`StageFailed` otherwise."""
+    def run(self, name: str, command: list[str], times: Path | None = None, key: str | None = None) -> float:
+        """Run one stage to its end; returns its wall time in seconds, raises :class:`StageFailed` otherwise.
+
+        With ``times`` (a ``times.json``) the stage's wall time is added to its entry there (``key``, default
+        ``name``), also while it runs (every ``heartbeat_s``) and when it fails, so a killed driver loses at
+        most one heartbeat's time and a stage trained across several runs reports them all.
+        """
+        with StageClock(times, key or name, self.heartbeat_s):
+            return self._run(name, command)
+
+    def _run(self, name: str, command: list[str]) -> float:
         env = dict(os.environ)
         if self.threads:
             env.setdefault("OMP_NUM_THREADS", str(self.threads))
@@ -245,8 +255,36 @@ class FolderLock:
         self.release()
 
 
-def write_stage_time(path: Path, name: str, seconds: float) -> None:
-    """Add one stage's wall time to a ``times.json`` (seconds, summed over reruns of the same stage)."""
-    times = read_json(path) if path.is_file() else {}
-    times[name] = round(times.get(name, 0.0) + seconds, 1)
-    write_json(path, times)
+class StageClock:
+    """Adds a running stage's wall time to its entry of a ``times.json``: every ``every`` seconds while it
+    runs (a background thread) and once more when it ends, however it ends; nothing with no path."""
+
+    def __init__(self, path: Path | None, name: str, every: float):
+        import threading
+
+        self.path, self.name, self.every = path, name, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _write(self) -> None:
+        times = read_json(self.path) if self.path.is_file() else {}
+        times[self.name] = round(self.base + time.perf_counter() - self.tic, 1)
+        write_json(self.path, times)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> "StageClock":
+        if self.path is not None:
+            self.base = (read_json(self.path) if self.path.is_file() else {}).get(self.name, 0.0)
+            self.tic = time.perf_counter()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.path is not None:
+            self._stop.set()
+            self._thread.join()
+            self._write()

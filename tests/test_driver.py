@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edvae_common import ConfigError
-from stage2_prior.driver import FolderLock, Launcher, Record, StageFailed, differences, write_stage_time
+from stage2_prior.driver import FolderLock, Launcher, Record, StageFailed, differences
 
 
 def test_a_stage_runs_under_accelerate_launch_in_several_processes(tmp_path: Path) -> None:
@@ -71,10 +71,36 @@ def test_a_folder_lock_is_exclusive_across_processes_and_dies_with_its_holder(tm
     mine.release()
 
 
-def test_stage_times_add_up_over_reruns(tmp_path: Path) -> None:
-    write_stage_time(tmp_path / "times.json", "prior", 10.0)
-    write_stage_time(tmp_path / "times.json", "prior", 5.25)
-    write_stage_time(tmp_path / "times.json", "tokens", 1.0)
+def test_stage_times_add_up_over_reruns_and_failures_and_survive_a_killed_driver(tmp_path: Path) -> None:
     import json
+    import os
+    import signal
+    import time
 
-    assert json.loads((tmp_path / "times.json").read_text()) == {"prior": 15.2, "tokens": 1.0}
+    times = tmp_path / "times.json"
+    launcher = Launcher(log_dir=tmp_path / "logs", quiet=True)
+    nap = [sys.executable, "-c", "import time; time.sleep(0.3)"]
+    first = launcher.run("prior", nap, times=times)
+    second = launcher.run("prior", nap, times=times)
+    with pytest.raises(StageFailed):
+        launcher.run("tokens", [sys.executable, "-c", "import time, sys; time.sleep(0.3); sys.exit(1)"], times=times)
+    recorded = json.loads(times.read_text())
+    assert recorded["prior"] == pytest.approx(first + second, abs=0.11) and recorded["prior"] >= 0.6
+    assert recorded["tokens"] >= 0.3                     # a failed run's time counts too (it is resumed later)
+
+    # a driver killed while its stage runs leaves the time up to its last heartbeat
+    driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from pathlib import Path
+        from stage2_prior.driver import Launcher
+        Launcher(log_dir=Path({str(tmp_path / "logs")!r}), quiet=True, heartbeat_s=0.2).run(
+            "tokenizer", [sys.executable, "-c", "import time; time.sleep(60)"], times=Path({str(times)!r}))
+    """)], start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and json.loads(times.read_text()).get("tokenizer", 0) < 1.0:
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)   # the driver and its stage, as when a session ends
+    driver.wait()
+    kept = json.loads(times.read_text())
+    assert 1.0 <= kept["tokenizer"] < 60 and kept["prior"] == recorded["prior"]
