@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edvae_common.io import read_json
+from stage2_prior.driver import FolderLock
 
 
 def _last_step(run: Path) -> int | None:
@@ -50,27 +51,6 @@ def _training(run: Path, archived: Path | None, partial: Path | None, max_steps:
     return {"state": "training", "checkpoint": step, "checkpoint_where": where, "logged": logged}
 
 
-def _busy(folder: Path) -> str | None:
-    """The pid of the driver holding the row's lock now, or None (a test lock, released at once)."""
-    import errno
-    import fcntl
-    import os
-
-    path = folder / ".lock"
-    if not path.is_file():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return path.read_text().strip() or "?"
-        raise
-    finally:
-        os.close(fd)   # closing drops a lock taken here
-    return None
-
-
 def row_status(cmp: Any, quantizer: str, seed: int) -> dict:
     """Everything known about one row, from the run folder and the archive."""
     from stage2_prior.compare import NUCLEUS, UNFILTERED
@@ -91,7 +71,7 @@ def row_status(cmp: Any, quantizer: str, seed: int) -> dict:
         "tokens": (root / "tokens" / row / "manifest.json").is_file(),
         "prior": _training(root / "stage2" / row, archived("stage2"), archived("stage2.partial"),
                            cmp.s2.train.max_steps),
-        "driver": _busy(root / "rows" / row),
+        "driver": FolderLock(root / "rows" / row).held_elsewhere(),
     }
     rfid = first_file(root / "rows" / row / "rfid.json", archived("rows/rfid.json"))
     status["rfid"] = read_json(rfid)["fid"] if rfid else None

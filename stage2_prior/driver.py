@@ -234,6 +234,24 @@ class FolderLock:
         self._fd = fd
         return True
 
+    def held_elsewhere(self) -> str | None:
+        """The pid of another holder of the lock now, or None (tested by taking the lock and dropping it at
+        once; nothing is created when no lock file exists)."""
+        import fcntl
+
+        if not self.path.is_file():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return self.holder()
+            raise
+        finally:
+            os.close(fd)   # closing drops a lock taken here
+        return None
+
     def holder(self) -> str:
         try:
             return self.path.read_text().strip() or "?"

@@ -65,8 +65,10 @@ def test_a_folder_lock_is_exclusive_across_processes_and_dies_with_its_holder(tm
     assert holder.stdout.readline().strip() == "held"
     mine = FolderLock(tmp_path)
     assert not mine.acquire() and mine.holder() == str(holder.pid)
+    assert mine.held_elsewhere() == str(holder.pid)                  # what --status shows, without taking it
     holder.kill()
     holder.wait()
+    assert mine.held_elsewhere() is None
     assert mine.acquire()   # a killed holder leaves no stale lock
     mine.release()
 
