@@ -580,10 +580,11 @@ def plot_figure11(cmp: Comparison, rows: list[dict], out: Path) -> Path:
 
 
 def write_status(cmp: Comparison) -> str:
-    """Every requested row's state as a table, printed and (with ``--archive``) kept in its STATUS.md."""
-    from stage2_prior.compare_status import row_status, status_markdown
+    """Every row's state as a table (the requested rows, then any other the run folder or archive holds),
+    printed and (with ``--archive``) kept in its STATUS.md."""
+    from stage2_prior.compare_status import row_status, rows_to_show, status_markdown
 
-    text = status_markdown(cmp, [row_status(cmp, q, seed) for q in cmp.args.quantizers for seed in cmp.args.seeds])
+    text = status_markdown(cmp, [row_status(cmp, q, seed) for q, seed in rows_to_show(cmp)])
     if cmp.archive is not None:
         cmp.archive.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cmp.archive.folder / "STATUS.md", text)

@@ -10,6 +10,7 @@ driver is working on the row right now. ``--snapshot`` writes the same table int
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,23 @@ def row_status(cmp: Any, quantizer: str, seed: int) -> dict:
     status["sample_sets"] = {"measured": sum(len(v) for v in fids.values()), "of": len(sets)}
     status["finished"] = first_file(root / "rows" / row / "results.json", archived("rows/results.json")) is not None
     return status
+
+
+def rows_to_show(cmp: Any) -> list[tuple[str, int]]:
+    """The rows the command names, in its order, then every other row found in the run folder or the archive
+    (e.g. the second training seed's, when the command names only the first), so STATUS.md always shows them all."""
+    from stage1_tokenizer import QUANTIZERS
+
+    named = [(q, seed) for q in cmp.args.quantizers for seed in cmp.args.seeds]
+    places = [cmp.root / "rows", cmp.root / "stage1"] + ([cmp.archive.folder] if cmp.archive is not None else [])
+    found = set()
+    for place in places:
+        for folder in (place.iterdir() if place.is_dir() else ()):
+            match = re.fullmatch(r"(.+)_seed(\d+)", folder.name)
+            if folder.is_dir() and match and match.group(1) in QUANTIZERS:
+                found.add((match.group(1), int(match.group(2))))
+    order = {q: i for i, q in enumerate(QUANTIZERS)}
+    return named + sorted(found - set(named), key=lambda r: (r[1], order[r[0]]))
 
 
 def _training_text(t: dict, max_steps: int) -> str:

@@ -114,6 +114,9 @@ def test_compare_runs_every_stage_and_reports(setup: dict) -> None:
     compare.main(argv(setup, fresh, "--quantizers", "edvae", "dvae", "--archive", str(archive), "--status"))
     assert not fresh.exists() and (archive / "edvae_seed1" / "rows" / "results.json").is_file()
     assert (archive / "STATUS.md").read_text().count("finished (3 steps) in the archive") == 2
+    # a command that names one row still lists every row the archive holds
+    compare.main(argv(setup, fresh, "--quantizers", "edvae", "--archive", str(archive), "--status"))
+    assert not fresh.exists() and "| dvae_seed1 | finished (3 steps) in the archive |" in (archive / "STATUS.md").read_text()
     # ... and a fresh folder resumes from it: no tokenizer, prior, sampling or FID run again
     again = compare.main(argv(setup, fresh, "--quantizers", "edvae", "dvae", "--archive", str(archive)))
     assert [r["sampling"]["t1_p095"]["fid"] for r in again] == [r["sampling"]["t1_p095"]["fid"] for r in rows]
