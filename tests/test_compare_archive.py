@@ -81,3 +81,10 @@ def test_the_published_table_is_the_archived_results():
     lines += compare.significance(rows)   # which gaps exceed the spread, as results.md states them
     missing = [line for line in lines if line not in published]
     assert not missing, "docs/results.md does not show the archived results:\n" + "\n".join(missing)
+    # the page's tables are the published results.md's (stage2_prior.compare_publish), and that is these rows'
+    from stage2_prior.compare_publish import END, begin_marker, tables_block
+
+    shown = ROOT / "docs" / "results" / "compare_celeba64"
+    block = published.split(begin_marker("docs/results/compare_celeba64/results.md"), 1)[1].split(END, 1)[0]
+    assert block.strip().splitlines() == tables_block((shown / "results.md").read_text())
+    assert json.loads((shown / "results.json").read_text()) == rows
