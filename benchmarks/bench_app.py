@@ -52,6 +52,7 @@ from collections import Counter, defaultdict  # noqa: E402
 import numpy as np  # noqa: E402
 
 from app.process import AppProcess  # noqa: E402
+from doc_section import write_section  # noqa: E402  (benchmarks/ is on the path: this script's folder)
 
 HEADING = "## App under load: `bench_app.py`"
 KINDS = ("generate", "reconstruct", "complete", "bad upload")
@@ -463,22 +464,6 @@ def section(results: list[dict], args: argparse.Namespace, notes: str) -> str:
         "", tables(results), ""])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's ``## `` section in ``path`` (or append it); everything else is kept."""
-    old = path.read_text() if path.is_file() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == HEADING), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "\n" + "".join(lines[end:]) if end < len(lines) else ""
-        new = "".join(lines[:start]) + text.rstrip("\n") + "\n" + rest
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[8], help="concurrent clients; several: one run each")
@@ -514,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, HEADING, text)
         print(f"written to {args.out}")
     problems = [f"{r['clients']} clients: {x}" for r in results for x in verdict(r)]
     for line in problems:
