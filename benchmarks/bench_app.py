@@ -451,7 +451,7 @@ def section(results: list[dict], args: argparse.Namespace, notes: str) -> str:
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
         f"Python {platform.python_version()}",
         f"- server: `{first['server_command']}` (model `{first['model']}`), {args.threads} torch thread(s), sign-in on",
-        f"- load average at the start of each run (1/5/15 min): " + "; ".join(
+        "- load average at the start of each run (1/5/15 min): " + "; ".join(
             f"{r['clients']} clients: " + (" / ".join(f"{x:.2f}" for x in r["load_average_at_start"])
                                            if r["load_average_at_start"] else "n/a") for r in results),
         f"- mix: generate (1-{args.max_images} images), reconstruct, complete (1-{max(1, args.max_images // 2)}), "

@@ -124,7 +124,7 @@ def pack(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {carried:.1f} MiB ({', '.join(manifest['packages'])}); the checkout sends {tree:.1f} MiB "
           f"more: {tree + carried:.1f} of {LIMIT_MIB} MiB")
     if tree + carried > LIMIT_MIB:
-        print(f"too large to travel: rerun with --no-data (the training part is then skipped)", file=sys.stderr)
+        print("too large to travel: rerun with --no-data (the training part is then skipped)", file=sys.stderr)
         return 1
     return 0
 

@@ -34,36 +34,22 @@ import argparse
 import math
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edvae_common.cli import run_cli
 from edvae_common.config import ConfigError, load_config, to_dict
-from edvae_common.io import atomic_write_text, read_json, save_figure, write_json
+from edvae_common.io import atomic_write_text, read_json, write_json
 from stage1_tokenizer import QUANTIZERS, Stage1Config
 from stage1_tokenizer import compare as stage1_compare
+from stage2_prior.compare_archive import Archive
+from stage2_prior.compare_report import NUCLEUS, UNFILTERED, plot_figure11, results_markdown
 from stage2_prior.config import Stage2Config
 from stage2_prior.driver import FolderLock, Launcher, Record
 
 PER_RUN_STAGE1 = ("output_dir", "resume", "model.quantizer", "train.seed", "train.beta_max", "train.final_eval")
 PER_RUN_STAGE2 = ("output_dir", "resume", "data.tokens", "tokenizer", "train.seed", "init_from")
 COLLAPSED_CODES = 8        # a tokenizer using fewer codes than this on the held-out split is flagged as collapsed
-FIGURE_IMAGES = 10
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One sampling setting every row is measured at (no per-row tuning)."""
-
-    name: str
-    temperature: float
-    top_p: float
-    text: str
-
-
-UNFILTERED = Setting("t1", 1.0, 1.0, "temperature 1, no filtering")
-NUCLEUS = Setting("t1_p095", 1.0, 0.95, "temperature 1, top-p 0.95")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -289,141 +275,6 @@ class Comparison:
         return rows
 
 
-class Archive:
-    """The small, final outputs of finished stages, kept in a folder meant for git, and put back from it.
-
-    Per row: ``stage1/`` (the tokenizer export in fp32, so its codes are exact, with its metrics and config),
-    ``stage2/`` (the prior export in fp16, loadable with ``Pipeline.from_pretrained``, and its final metrics),
-    ``rows/`` (rfid.json, times.json) and ``samples/<setting>/`` (samples.json, fid.json and the first
-    images, for the figure). Tokens, checkpoints and the other samples stay in the run folder (regenerated
-    when needed: a restored prior means the tokens are not needed again).
-    """
-
-    STAGE1 = ("metrics.json", "metrics.jsonl", "config.yaml", "codebook_usage.png")
-    STAGE2 = ("metrics.json", "metrics.jsonl", "config.yaml")
-
-    def __init__(self, folder: Path, root: Path):
-        self.folder, self.root = folder, root
-
-    def save(self, row: str, partial: bool = False) -> None:
-        """Copy the row's finished outputs (and with ``partial`` the latest checkpoint of each unfinished
-        training stage) into the archive."""
-        import shutil
-
-        src, dst = self.root, self.folder / row
-        if partial:
-            self._save_partial(row)
-        s1, s2 = src / "stage1" / row, src / "stage2" / row
-        if (s1 / "tokenizer").is_dir() and (s1 / "metrics.json").is_file() and not (dst / "stage1").is_dir():
-            self._copy(s1, dst / "stage1", self.STAGE1, export="tokenizer")
-        if (s2 / "prior").is_dir() and (s2 / "metrics.json").is_file() and not (dst / "stage2").is_dir():
-            self._copy(s2, dst / "stage2", self.STAGE2, export="prior", half=True)
-        for name in ("rfid.json", "times.json", "results.json"):
-            if (src / "rows" / row / name).is_file():
-                (dst / "rows").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / "rows" / row / name, dst / "rows" / name)
-        for run in sorted((src / "samples" / row).glob("*/fid.json")):
-            keep = dst / "samples" / run.parent.name
-            keep.mkdir(parents=True, exist_ok=True)
-            for name in ("fid.json", "samples.json"):
-                shutil.copy2(run.parent / name, keep / name)
-            first = keep / "first.npz"
-            if not first.is_file() and (run.parent / "samples.npz").is_file():
-                import numpy as np
-
-                with np.load(run.parent / "samples.npz") as f:
-                    np.savez_compressed(first, images=f["images"][:FIGURE_IMAGES])
-
-    def restore(self, row: str) -> None:
-        import shutil
-
-        src, dst = self.folder / row, self.root
-        if not src.is_dir():
-            return
-        self._restore_partial(row)
-        for stage in ("stage1", "stage2"):
-            if (src / stage).is_dir() and not (dst / stage / row / "metrics.json").is_file():
-                if (dst / stage / row).exists():
-                    shutil.rmtree(dst / stage / row)   # an unfinished run of a stage the archive holds finished
-                shutil.copytree(src / stage, dst / stage / row)
-                print(f"[{row}] {stage} restored from {src / stage}", flush=True)
-        for name in ("rfid.json", "times.json"):
-            if (src / "rows" / name).is_file() and not (dst / "rows" / row / name).is_file():
-                (dst / "rows" / row).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / "rows" / name, dst / "rows" / row / name)
-        for kept in sorted((src / "samples").glob("*/fid.json")):
-            run = dst / "samples" / row / kept.parent.name
-            if not (run / "fid.json").is_file():
-                run.mkdir(parents=True, exist_ok=True)
-                for f in kept.parent.iterdir():
-                    shutil.copy2(f, run / f.name)
-
-    PARTIAL = ("config.yaml", "metrics.jsonl", "tokens.json")   # what a resume reads beside the checkpoint
-
-    def _save_partial(self, row: str) -> None:
-        """``<archive>/<row>/<stage>.partial/``: an unfinished stage's newest complete checkpoint and run files."""
-        import shutil
-
-        from edvae_common.runs import list_checkpoints
-
-        for stage in ("stage1", "stage2"):
-            run, keep = self.root / stage / row, self.folder / row / f"{stage}.partial"
-            found = list_checkpoints(run)
-            if (run / "metrics.json").is_file() or not found:
-                shutil.rmtree(keep, ignore_errors=True)   # finished (kept whole by save) or never started
-                continue
-            step, checkpoint = found[-1]
-            tmp = keep.with_name(keep.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint, tmp / "checkpoints" / checkpoint.name)
-            for name in self.PARTIAL:
-                if (run / name).is_file():
-                    shutil.copy2(run / name, tmp / name)
-            shutil.rmtree(keep, ignore_errors=True)
-            tmp.rename(keep)
-            print(f"[{row}] {stage}: checkpoint of step {step} archived in {keep}", flush=True)
-
-    def _restore_partial(self, row: str) -> None:
-        """Put an archived checkpoint back where the stage resumes from it, unless the run folder is further."""
-        import shutil
-
-        from edvae_common.runs import list_checkpoints
-
-        for stage in ("stage1", "stage2"):
-            keep, run = self.folder / row / f"{stage}.partial", self.root / stage / row
-            kept = list_checkpoints(keep)
-            if not kept or (run / "metrics.json").is_file() or (self.folder / row / stage).is_dir():
-                continue
-            have = list_checkpoints(run)
-            if have and have[-1][0] >= kept[-1][0]:
-                continue
-            (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copytree(kept[-1][1], run / "checkpoints" / kept[-1][1].name, dirs_exist_ok=True)
-            for name in self.PARTIAL:
-                if (keep / name).is_file() and not (run / name).is_file():
-                    shutil.copy2(keep / name, run / name)
-            print(f"[{row}] {stage}: resumes from the archived checkpoint of step {kept[-1][0]}", flush=True)
-
-    @staticmethod
-    def _copy(run: Path, out: Path, files: tuple[str, ...], export: str, half: bool = False) -> None:
-        import shutil
-
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in files:
-            if (run / name).is_file():
-                shutil.copy2(run / name, tmp / name)
-        shutil.copytree(run / export, tmp / export)
-        if half:   # fp16 weights: half the size in git; loads back as float32 (Pipeline.from_pretrained, load_prior)
-            from safetensors.torch import load_file, save_file
-
-            weights = tmp / export / "model.safetensors"
-            tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(weights).items()}
-            save_file(tensors, weights, metadata={"format": "pt"})
-        tmp.rename(out)
-
-
 def token_usage(folder: Path) -> dict:
     """Codes used and perplexity of the training tokens the prior learned from (mirror images included)."""
     import numpy as np
@@ -437,146 +288,6 @@ def token_usage(folder: Path) -> dict:
     p = counts[counts > 0] / counts.sum()
     return {"split": "train", "sequences": manifest.splits["train"].count, "codes_used": int((counts > 0).sum()),
             "perplexity": float(math.exp(-(p * np.log(p)).sum()))}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _fmt(mean: float, std: float | None, digits: int = 1) -> str:
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def significance(rows: list[dict]) -> list[str]:
-    """Which quantizers' FIDs (top-p 0.95) differ by more than their sampling spread, and which do not.
-
-    Per quantizer: the mean over its rows (seeds) of each row's mean FID over sampling seeds, with the spread
-    taken as the larger of the sampling-seed std (pooled over its rows) and the std over training seeds. Two
-    quantizers differ when their means are further apart than twice the larger spread of the two.
-    """
-    per: dict[str, dict] = {}
-    for q in dict.fromkeys(r["quantizer"] for r in rows):
-        mine = [r for r in rows if r["quantizer"] == q]
-        means = [r["sampling"][NUCLEUS.name]["fid_mean"] for r in mine]
-        sampling_stds = [r["sampling"][NUCLEUS.name]["fid_std"] for r in mine if r["sampling"][NUCLEUS.name]["fid_std"]]
-        spread = max([statistics.mean(sampling_stds)] if sampling_stds else [0.0])
-        if len(means) > 1:
-            spread = max(spread, statistics.stdev(means))
-        per[q] = {"fid": statistics.mean(means), "spread": spread, "seeds": len(means)}
-    lines, names = [], sorted(per, key=lambda q: per[q]["fid"])
-    for i, q1 in enumerate(names):
-        for q2 in names[i + 1:]:
-            gap, spread = per[q2]["fid"] - per[q1]["fid"], max(per[q1]["spread"], per[q2]["spread"])
-            verdict = "larger than" if spread > 0 and gap > 2 * spread else "within"
-            single = [q for q in (q1, q2) if per[q]["seeds"] == 1]
-            caveat = ("" if not single else f" (sampling seeds only: {' and '.join(single)} "
-                      f"{'has' if len(single) == 1 else 'have'} one training seed, whose spread is not in it)")
-            lines.append(f"- {q1} ({per[q1]['fid']:.1f}) vs {q2} ({per[q2]['fid']:.1f}): a gap of {gap:.1f}, "
-                         f"{verdict} twice the spread ({2 * spread:.1f})" + (": **significant**" if verdict ==
-                                                                             "larger than" else ": not significant")
-                         + caveat)
-    return lines
-
-
-def results_markdown(rows: list[dict], command: str, s1: Stage1Config, s2: Stage2Config) -> str:
-    """Mean and spread per quantizer, the per-row details, and what is and is not significant."""
-    b = rows[0]["budget"]
-    lines = [
-        "# Generation comparison: a prior on every quantizer's tokens", "",
-        f"Command: `{command}`", "",
-        f"Budget, the same for every row: tokenizer {b['stage1_steps']} steps at batch {b['stage1_batch']} "
-        f"(width {s1.model.channels}, {s1.data.image_size}x{s1.data.image_size}, data `{s1.data.path}`); prior "
-        f"{b['prior_arch']} `{b['prior_size']}`, {b['prior_steps']} steps at batch {b['prior_batch']}; "
-        f"{b['num_samples']} samples per setting and seed against the held-out images (test_fraction "
-        f"{s1.data.test_fraction}, split_seed {s1.data.split_seed}). FID and KID: `stage2_prior.fid`'s protocol "
-        "(the standard Inception pool features, pytorch-fid preprocessing); KID x 1e3.", "",
-        "| quantizer | seeds | PSNR (dB) | codes used | split perplexity | rFID | prior bits/token | bits/image | "
-        "FID T=1 | FID T=1 top-p 0.95 | KID x1e3 top-p 0.95 | FID / rFID |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for q in dict.fromkeys(r["quantizer"] for r in rows):
-        mine = [r for r in rows if r["quantizer"] == q]
-
-        def col(get, digits=1):
-            return _fmt(*_mean_std([get(r) for r in mine]), digits)
-        lines.append(
-            f"| {q} | {' '.join(str(r['seed']) for r in mine)} | {col(lambda r: r['tokenizer']['psnr'], 2)} | "
-            f"{col(lambda r: r['tokenizer']['codes_used'], 0)} | {col(lambda r: r['tokenizer']['perplexity_split'])} | "
-            f"{col(lambda r: r['tokenizer']['rfid'])} | {col(lambda r: r['prior']['bits_per_token'], 3)} | "
-            f"{col(lambda r: r['prior']['bits_per_image'], 0)} | {col(lambda r: r['sampling'][UNFILTERED.name]['fid_mean'])} | "
-            f"{col(lambda r: r['sampling'][NUCLEUS.name]['fid_mean'])} | "
-            f"{col(lambda r: 1e3 * r['sampling'][NUCLEUS.name]['kid_mean'], 2)} | "
-            f"{col(lambda r: r['sampling'][NUCLEUS.name]['fid_over_rfid'], 2)} |")
-    lines += ["", "Mean ± std over training seeds where a quantizer has several.", "",
-              "## Every row", "",
-              "| row | FID T=1 | FID top-p 0.95 per sampling seed | mean ± std | KID x1e3 (± std over subsets) | "
-              "tokens the prior learned: codes / perplexity | wall time (min) | warnings |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        t1, p95 = r["sampling"][UNFILTERED.name], r["sampling"][NUCLEUS.name]
-        kids = ", ".join(f"{1e3 * k:.2f} ± {1e3 * s:.2f}" for k, s in zip(p95["kid"], p95["kid_std_over_subsets"]))
-        lines.append(f"| {r['quantizer']} seed {r['seed']} | {t1['fid_mean']:.1f} | "
-                     f"{', '.join(f'{v:.1f}' for v in p95['fid'])} | {_fmt(p95['fid_mean'], p95['fid_std'])} | {kids} | "
-                     f"{r['tokens']['codes_used']} / {r['tokens']['perplexity']:.1f} | {r['wall_s_total'] / 60:.0f} | "
-                     f"{'; '.join(r['warnings']) or '-'} |")
-    lines += ["", "## Which differences are larger than the spread (FID at top-p 0.95)", "",
-              "Spread of a quantizer: the std of its FID over sampling seeds (and over training seeds where it has "
-              "several), whichever is larger; a gap counts when it exceeds twice the larger spread of the two.", "",
-              *(significance(rows) or ["- one quantizer only: nothing to compare"]), "",
-              "![samples and reconstructions](figure11.png)", ""]
-    return "\n".join(lines)
-
-
-def plot_figure11(cmp: Comparison, rows: list[dict], out: Path) -> Path:
-    """One line per quantizer: the first samples at top-p 0.95 (sampling seed 0), and beside them the
-    reconstructions of the first held-out images (their originals on top), at the paper's layout."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-
-    from edvae_common.io import to_uint8
-    from stage1_tokenizer import EdVAE
-    from stage2_prior import fid
-
-    n = FIGURE_IMAGES
-    real = fid.open_source(cmp.real, "test", cmp.s1.data.image_size, cmp.s1.data.test_fraction,
-                           cmp.s1.data.split_seed, limit=n)
-    originals = torch.stack([real.dataset[i] for i in range(len(real))])
-
-    def strip(images: np.ndarray) -> np.ndarray:  # (k, H, W, 3) -> (H, k * W, 3)
-        return np.concatenate(list(images), axis=1)
-
-    # each strip of n images gets n x 1 inches, so every picture is shown at the same size (100 dpi: ~1.5x)
-    fig, axes = plt.subplots(len(rows) + 1, 2, figsize=(2 * n + 2.4, 1.25 * (len(rows) + 1)), squeeze=False)
-    axes[0, 0].axis("off")
-    axes[0, 1].imshow(strip(originals.permute(0, 2, 3, 1).numpy()))
-    axes[0, 1].set_title("held-out faces (top) and each tokenizer's reconstructions", fontsize=11)
-    for i, r in enumerate(rows, start=1):
-        row = cmp.row_name(r["quantizer"], r["seed"])
-        shown = cmp.root / "samples" / row / f"{NUCLEUS.name}_seed{cmp.args.sample_seeds[0]}"
-        with np.load(shown / "samples.npz" if (shown / "samples.npz").is_file() else shown / "first.npz") as f:
-            samples = f["images"][:n]
-        tokenizer = EdVAE.from_pretrained(cmp.root / "stage1" / row / "tokenizer").eval()
-        with torch.no_grad():
-            recon = to_uint8(tokenizer.reconstruct(originals.float() / 255.0))
-        axes[i, 0].imshow(strip(samples))
-        axes[i, 1].imshow(strip(recon))
-        p95 = r["sampling"][NUCLEUS.name]
-        axes[i, 0].set_ylabel(f"{r['quantizer']}\nFID {p95['fid_mean']:.0f}", rotation=0, ha="right", va="center",
-                              fontsize=11)
-        axes[i, 1].set_ylabel(f"rFID {r['tokenizer']['rfid']:.0f}", rotation=0, ha="right", va="center", fontsize=11)
-    axes[1, 0].set_title(f"samples ({NUCLEUS.text}), training seed {rows[0]['seed']}", fontsize=11)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.subplots_adjust(left=1.2 / (2 * n + 2.4), right=0.995, top=1 - 0.3 / (1.25 * (len(rows) + 1)), bottom=0.01,
-                        wspace=1.0 / n, hspace=0.3)
-    return save_figure(fig, out)
 
 
 def write_status(cmp: Comparison) -> str:

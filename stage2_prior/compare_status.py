@@ -54,7 +54,7 @@ def _training(run: Path, archived: Path | None, partial: Path | None, max_steps:
 
 def row_status(cmp: Any, quantizer: str, seed: int) -> dict:
     """Everything known about one row, from the run folder and the archive."""
-    from stage2_prior.compare import NUCLEUS, UNFILTERED
+    from stage2_prior.compare_report import NUCLEUS, UNFILTERED
 
     row, root = cmp.row_name(quantizer, seed), cmp.root
     kept = cmp.archive.folder / row if cmp.archive is not None else None
@@ -125,7 +125,7 @@ def _training_text(t: dict, max_steps: int) -> str:
 
 def status_markdown(cmp: Any, rows: list[dict]) -> str:
     """The table of every row's state, with the command that resumes the comparison."""
-    from stage2_prior.compare import NUCLEUS, UNFILTERED
+    from stage2_prior.compare_report import NUCLEUS, UNFILTERED
 
     s1_steps, s2_steps = cmp.s1.train.max_steps, cmp.s2.train.max_steps
     lines = [

@@ -65,20 +65,20 @@ def test_each_row_agrees_with_its_stage_files(row: Path):
 def test_the_published_table_is_the_archived_results():
     from edvae_common.config import load_config
     from stage1_tokenizer import Stage1Config
-    from stage2_prior import compare
+    from stage2_prior import compare, compare_report
     from stage2_prior.config import Stage2Config
 
     rows = [json.loads((row / "rows" / "results.json").read_text()) for row in finished_rows()]
     assert rows, "no finished row in the archive"
     order = {q: i for i, q in enumerate(compare.QUANTIZERS)}
     rows.sort(key=lambda r: (order[r["quantizer"]], r["seed"]))
-    table = compare.results_markdown(rows, "", load_config(Stage1Config, STAGE1, []),
+    table = compare_report.results_markdown(rows, "", load_config(Stage1Config, STAGE1, []),
                                      load_config(Stage2Config, STAGE2, []))
     published = (ROOT / "docs" / "results.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| quantizer")
              and not line.startswith("| row")]
     assert len(lines) == len(rows) + len({r["quantizer"] for r in rows})   # per quantizer, then per row
-    lines += compare.significance(rows)   # which gaps exceed the spread, as results.md states them
+    lines += compare_report.significance(rows)   # which gaps exceed the spread, as results.md states them
     missing = [line for line in lines if line not in published]
     assert not missing, "docs/results.md does not show the archived results:\n" + "\n".join(missing)
     # the page's tables are the published results.md's (stage2_prior.compare_publish), and that is these rows'

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edvae_common import ConfigError
-from stage2_prior import compare
+from stage2_prior import compare, compare_report
 from tests.conftest import CIFAR_NPZ, QUIET, ROOT, TINY_CONFIG
 from tests.stage2_helpers import save_standin_extractor
 
@@ -39,7 +39,7 @@ def argv(setup: dict, out: Path, *extra: str, prior_steps: int = 4) -> list[str]
     return ["--stage1", str(TINY_CONFIG), "--stage2", str(STAGE2_TINY), "--out", str(out), "--seeds", "1",
             "--num-samples", "8", "--sample-seeds", "0", "--sample-batch-size", "8", "--fid-weights",
             str(setup["weights"]), "--threads", "1", "--quiet", *extra,
-            f"s1.data.dataset=npz", f"s1.data.path={setup['data']}", *(f"s1.{o}" for o in QUIET),
+            "s1.data.dataset=npz", f"s1.data.path={setup['data']}", *(f"s1.{o}" for o in QUIET),
             "s1.train.max_steps=3", "s1.data.hflip=true", "s1.train.batch_size=16", "s1.train.checkpoint_every=3", "s1.train.final_eval=true",
             f"s2.train.max_steps={prior_steps}", "s2.train.batch_size=8", "s2.train.checkpoint_every=2",
             "s2.train.eval_every=2", "s2.train.sample_every=1000", "s2.train.tracker=none", "s2.train.progress_bar=false",
@@ -221,11 +221,11 @@ def test_significance_counts_a_gap_beyond_twice_the_spread_and_names_single_trai
         return {"quantizer": quantizer, "seed": seed, "sampling": {"t1_p095": {
             "fid_mean": statistics.mean(fids), "fid_std": statistics.stdev(fids)}}}
 
-    one_seed = compare.significance([row("edvae", 42, [100, 101, 102]), row("dvae", 42, [110, 111, 112])])
+    one_seed = compare_report.significance([row("edvae", 42, [100, 101, 102]), row("dvae", 42, [110, 111, 112])])
     assert len(one_seed) == 1 and "gap of 10.0, larger than twice the spread (2.0): **significant**" in one_seed[0]
     assert "edvae and dvae have one training seed" in one_seed[0]
     # a second training seed 15 points away: the training-seed spread (10.6) swallows the gap
-    two_seeds = compare.significance([row("edvae", 42, [100, 101, 102]), row("edvae", 1773, [115, 116, 117]),
+    two_seeds = compare_report.significance([row("edvae", 42, [100, 101, 102]), row("edvae", 1773, [115, 116, 117]),
                                       row("dvae", 42, [120, 121, 122]), row("dvae", 1773, [120, 121, 122])])
     assert "edvae (108.5) vs dvae (121.0): a gap of 12.5, within twice the spread (21.2): not significant" \
            in two_seeds[0] and "one training seed" not in two_seeds[0]
