@@ -291,7 +291,7 @@ def token_usage(folder: Path) -> dict:
 
 
 def write_status(cmp: Comparison) -> str:
-    """Every row's state as a table (the requested rows, then any other the run folder or archive holds),
+    """Every row's state as a table (the requested rows and any other the run folder or archive holds),
     printed and (with ``--archive``) kept in its STATUS.md."""
     from stage2_prior.compare_status import row_status, rows_to_show, status_markdown
 

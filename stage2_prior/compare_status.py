@@ -92,8 +92,9 @@ def row_status(cmp: Any, quantizer: str, seed: int) -> dict:
 
 
 def rows_to_show(cmp: Any) -> list[tuple[str, int]]:
-    """The rows the command names, in its order, then every other row found in the run folder or the archive
-    (e.g. the second training seed's, when the command names only the first), so STATUS.md always shows them all."""
+    """The rows the command names and every other row found in the run folder or the archive (e.g. the second
+    training seed's, when the command names only the first), so STATUS.md always shows them all; by training
+    seed, then in the registry's quantizer order, whichever command wrote it."""
     from stage1_tokenizer import QUANTIZERS
 
     named = [(q, seed) for q in cmp.args.quantizers for seed in cmp.args.seeds]
@@ -105,7 +106,7 @@ def rows_to_show(cmp: Any) -> list[tuple[str, int]]:
             if folder.is_dir() and match and match.group(1) in QUANTIZERS:
                 found.add((match.group(1), int(match.group(2))))
     order = {q: i for i, q in enumerate(QUANTIZERS)}
-    return named + sorted(found - set(named), key=lambda r: (r[1], order[r[0]]))
+    return sorted(set(named) | found, key=lambda r: (r[1], order[r[0]]))
 
 
 def _training_text(t: dict, max_steps: int) -> str:
