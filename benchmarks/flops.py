@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
 import shlex  # noqa: E402
 
@@ -48,8 +49,7 @@ def tokenizer_flops_per_image(s1, quantizer: str) -> int:
 
     from stage1_tokenizer import EdVAE
 
-    model_cfg = s1.model.__class__(**{**vars(s1.model), "quantizer": quantizer})
-    model = EdVAE.from_config(model_cfg).train()
+    model = EdVAE.from_config(dataclasses.replace(s1.model, quantizer=quantizer)).train()
     images = torch.rand(1, 3, s1.data.image_size, s1.data.image_size)
     with FlopCounterMode(display=False) as counter:
         model(images).recon.float().mean().backward()

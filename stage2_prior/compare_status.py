@@ -103,8 +103,10 @@ def rows_to_show(cmp: Any) -> list[tuple[str, int]]:
     for place in places:
         for folder in (place.iterdir() if place.is_dir() else ()):
             match = re.fullmatch(r"(.+)_seed(\d+)", folder.name)
-            if folder.is_dir() and match and match.group(1) in QUANTIZERS:
-                found.add((match.group(1), int(match.group(2))))
+            row = (match.group(1), int(match.group(2))) if match else None
+            # a row folder is one that cmp.row_name (the one naming rule) gives back for its quantizer and seed
+            if folder.is_dir() and row and row[0] in QUANTIZERS and cmp.row_name(*row) == folder.name:
+                found.add(row)
     order = {q: i for i, q in enumerate(QUANTIZERS)}
     return sorted(set(named) | found, key=lambda r: (r[1], order[r[0]]))
 
