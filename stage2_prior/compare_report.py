@@ -66,6 +66,26 @@ def significance(rows: list[dict]) -> list[str]:
                          f"{verdict} twice the spread ({2 * spread:.1f})" + (": **significant**" if verdict ==
                                                                              "larger than" else ": not significant")
                          + caveat)
+    return lines + paired_by_training_seed(rows)
+
+
+def paired_by_training_seed(rows: list[dict]) -> list[str]:
+    """For two quantizers trained at the same two or more training seeds: does one give the lower FID (top-p
+    0.95) at every one of them? (Paired by seed, the order of two rows does not depend on the seed-to-seed
+    spread the pooled rule above has to allow for.)"""
+    fid = {(r["quantizer"], r["seed"]): r["sampling"][NUCLEUS.name]["fid_mean"] for r in rows}
+    quantizers, lines = list(dict.fromkeys(r["quantizer"] for r in rows)), []
+    for i, q1 in enumerate(quantizers):
+        for q2 in quantizers[i + 1:]:
+            shared = sorted({s for q, s in fid if q == q1} & {s for q, s in fid if q == q2})
+            if len(shared) < 2:
+                continue
+            per_seed = ", ".join(f"seed {s}: {fid[q1, s]:.1f} vs {fid[q2, s]:.1f}" for s in shared)
+            wins = [q1 if fid[q1, s] < fid[q2, s] else q2 for s in shared]
+            verdict = (f"{wins[0]} is lower at every one" if len(set(wins)) == 1
+                       else "neither is lower at every one")
+            lines.append(f"- {q1} vs {q2} paired by training seed ({len(shared)} shared seeds): {verdict} "
+                         f"({per_seed})")
     return lines
 
 
@@ -112,7 +132,8 @@ def results_markdown(rows: list[dict], command: str, s1: Stage1Config, s2: Stage
                      f"{'; '.join(r['warnings']) or '-'} |")
     lines += ["", "## Which differences are larger than the spread (FID at top-p 0.95)", "",
               "Spread of a quantizer: the std of its FID over sampling seeds (and over training seeds where it has "
-              "several), whichever is larger; a gap counts when it exceeds twice the larger spread of the two.", "",
+              "several), whichever is larger; a gap counts when it exceeds twice the larger spread of the two. "
+              "Where two quantizers share two or more training seeds, a further line compares them seed by seed.", "",
               *(significance(rows) or ["- one quantizer only: nothing to compare"]), "",
               "![samples and reconstructions](figure11.png)", ""]
     return "\n".join(lines)

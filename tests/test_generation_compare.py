@@ -229,3 +229,10 @@ def test_significance_counts_a_gap_beyond_twice_the_spread_and_names_single_trai
                                       row("dvae", 42, [120, 121, 122]), row("dvae", 1773, [120, 121, 122])])
     assert "edvae (108.5) vs dvae (121.0): a gap of 12.5, within twice the spread (21.2): not significant" \
            in two_seeds[0] and "one training seed" not in two_seeds[0]
+    # ... yet paired by training seed, edvae is lower at both seeds; no paired line with one shared seed
+    assert two_seeds[1] == ("- edvae vs dvae paired by training seed (2 shared seeds): edvae is lower at every one "
+                            "(seed 42: 101.0 vs 121.0, seed 1773: 116.0 vs 121.0)")
+    assert len(one_seed) == 1 and len(two_seeds) == 2
+    split = compare_report.significance([row("edvae", 42, [100, 101, 102]), row("edvae", 1773, [125, 126, 127]),
+                                         row("dvae", 42, [120, 121, 122]), row("dvae", 1773, [120, 121, 122])])
+    assert "neither is lower at every one (seed 42: 101.0 vs 121.0, seed 1773: 126.0 vs 121.0)" in split[1]
