@@ -74,15 +74,19 @@ def paired_by_training_seed(rows: list[dict]) -> list[str]:
     0.95) at every one of them? (Paired by seed, the order of two rows does not depend on the seed-to-seed
     spread the pooled rule above has to allow for.)"""
     fid = {(r["quantizer"], r["seed"]): r["sampling"][NUCLEUS.name]["fid_mean"] for r in rows}
-    quantizers, lines = list(dict.fromkeys(r["quantizer"] for r in rows)), []
+    seeds = {r["quantizer"]: set() for r in rows}
+    for q, s in fid:
+        seeds[q].add(s)
+    quantizers, lines = list(seeds), []
     for i, q1 in enumerate(quantizers):
         for q2 in quantizers[i + 1:]:
-            shared = sorted({s for q, s in fid if q == q1} & {s for q, s in fid if q == q2})
+            shared = sorted(seeds[q1] & seeds[q2])
             if len(shared) < 2:
                 continue
             per_seed = ", ".join(f"seed {s}: {fid[q1, s]:.1f} vs {fid[q2, s]:.1f}" for s in shared)
-            wins = [q1 if fid[q1, s] < fid[q2, s] else q2 for s in shared]
-            verdict = (f"{wins[0]} is lower at every one" if len(set(wins)) == 1
+            # the lower one at each shared seed (None for an exact tie, which neither wins)
+            wins = {q1 if fid[q1, s] < fid[q2, s] else q2 if fid[q2, s] < fid[q1, s] else None for s in shared}
+            verdict = (f"{wins.pop()} is lower at every one" if len(wins) == 1 and None not in wins
                        else "neither is lower at every one")
             lines.append(f"- {q1} vs {q2} paired by training seed ({len(shared)} shared seeds): {verdict} "
                          f"({per_seed})")

@@ -236,3 +236,6 @@ def test_significance_counts_a_gap_beyond_twice_the_spread_and_names_single_trai
     split = compare_report.significance([row("edvae", 42, [100, 101, 102]), row("edvae", 1773, [125, 126, 127]),
                                          row("dvae", 42, [120, 121, 122]), row("dvae", 1773, [120, 121, 122])])
     assert "neither is lower at every one (seed 42: 101.0 vs 121.0, seed 1773: 126.0 vs 121.0)" in split[1]
+    tied = compare_report.significance([row("edvae", 42, [120, 121, 122]), row("edvae", 1773, [120, 121, 122]),
+                                        row("dvae", 42, [120, 121, 122]), row("dvae", 1773, [120, 121, 122])])
+    assert "neither is lower at every one" in tied[1]   # a tie at a seed is no win for either
